@@ -1,0 +1,78 @@
+"""The one registry of attention methods, keyed by the names the seed repos use.
+
+An entry pairs the pure function (the maths, public API) with the linen module
+that the encoder instantiates (parameters, RNG streams). The contract test
+suite iterates over `names()`, so a method is tested as soon as it registers.
+
+Module protocol: a registered module class is constructed as
+`module(dropout_rate=..., **attention_kwargs)` and called as
+`module(query, key, value, mask, *, deterministic)` with arrays
+`[batch, length, heads, head_dim]` and `mask` `[batch, length]` (True = real
+token); it returns `[batch, length, heads, head_dim]`. Random draws other than
+dropout come from the RNG stream `ATTENTION_RNG`; dropout from `'dropout'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+
+from lra_jax import errors
+
+# RNG stream for landmarks, random features, hashing and sampling. The trainer
+# provides it in training and evaluation alike (some methods redraw per call).
+ATTENTION_RNG = "attention"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionMethod:
+  """A registered attention method.
+
+  Attributes:
+    name: registry key, as the seed repos spell it (`--attn` there).
+    fn: the pure function `fn(query, key, value, mask, *, rng=None, **hp)`.
+    module: the linen module class wrapping `fn`.
+    small_input_kwargs: hyper-parameters that fit inputs of a few dozen tokens
+      (used by the contract tests and examples; defaults target LRA lengths).
+  """
+
+  name: str
+  fn: Callable[..., Any]
+  module: type[nn.Module]
+  small_input_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_REGISTRY: dict[str, AttentionMethod] = {}
+
+
+def register(name: str, fn: Callable[..., Any], module: type[nn.Module],
+             small_input_kwargs: Mapping[str, Any] | None = None) -> None:
+  """Adds a method; names are unique and the function is `<name>_attention`."""
+  if name in _REGISTRY:
+    raise ValueError(f"Attention method {name!r} is registered twice.")
+  if fn.__name__ != f"{name}_attention":
+    raise ValueError(f"The pure function of {name!r} must be named {name}_attention, "
+                     f"not {fn.__name__}.")
+  _REGISTRY[name] = AttentionMethod(name, fn, module, dict(small_input_kwargs or {}))
+
+
+def names() -> list[str]:
+  """All registered method names, sorted."""
+  return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> AttentionMethod:
+  """The registry entry of `name`; unknown names list the valid ones."""
+  try:
+    return _REGISTRY[name]
+  except KeyError:
+    raise errors.ConfigError(
+        f"Unknown attention method {name!r}. Valid names: {', '.join(names())}. "
+        f"Set it with --config.model.attention=NAME or in the config file.") from None
+
+
+def get(name: str) -> type[nn.Module]:
+  """The linen module class registered under `name`."""
+  return get_method(name).module

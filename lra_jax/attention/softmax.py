@@ -1,0 +1,71 @@
+"""Exact softmax attention: the baseline every efficient method is compared to.
+
+Vaswani et al., "Attention Is All You Need" (2017), eq. 1:
+Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V, with padded keys masked out.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lra_jax.attention import registry
+
+# Finite rather than -inf so that a row whose keys are all padding stays
+# finite (uniform weights) instead of producing NaN.
+_MASK_VALUE = -1e10
+
+
+def dropout_weights(weights: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout with an independent Bernoulli draw per weight."""
+  if rng is None or rate == 0.0:
+    return weights
+  keep = jax.random.bernoulli(rng, 1.0 - rate, weights.shape)
+  return jnp.where(keep, weights / (1.0 - rate), 0.0).astype(weights.dtype)
+
+
+def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
+                      rng: jax.Array | None = None, dropout_rate: float = 0.0) -> jax.Array:
+  """Exact scaled dot-product attention over the real (unpadded) keys.
+
+  Args:
+    query: [batch, q_length, heads, head_dim].
+    key: [batch, kv_length, heads, head_dim].
+    value: [batch, kv_length, heads, head_dim].
+    mask: [batch, kv_length] bool, True for real tokens. Padded keys get zero
+      weight; queries are not masked (outputs at padded positions are unused).
+    rng: PRNG key of the attention-dropout mask, the only random draw. None
+      (or dropout_rate 0) means no dropout.
+    dropout_rate: probability of dropping each attention weight.
+
+  Returns:
+    [batch, q_length, heads, head_dim] in `value.dtype`. Logits and softmax
+    are computed in float32 whatever the input dtype.
+  """
+  head_dim = query.shape[-1]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+  logits = logits / jnp.sqrt(jnp.float32(head_dim))
+  logits = jnp.where(mask[:, None, None, :], logits, _MASK_VALUE)
+  weights = jax.nn.softmax(logits, axis=-1)
+  weights = dropout_weights(weights, dropout_rate, rng)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+
+
+class SoftmaxAttention(nn.Module):
+  """Module around `softmax_attention`; dropout from the 'dropout' stream.
+
+  Attributes:
+    dropout_rate: attention-weight dropout, active when not deterministic.
+  """
+
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, query, key, value, mask, *, deterministic: bool):
+    use_dropout = not deterministic and self.dropout_rate > 0.0
+    rng = self.make_rng("dropout") if use_dropout else None
+    return softmax_attention(query, key, value, mask, rng=rng, dropout_rate=self.dropout_rate)
+
+
+registry.register("softmax", softmax_attention, SoftmaxAttention)

@@ -1,0 +1,68 @@
+"""Command line: python -m lra_jax.train --config=configs/text_skyformer.py --workdir=DIR
+
+The only module that defines flags. Any config field can be overridden, e.g.
+`--config.model.num_layers=4`; a config file may take an argument after a
+colon, e.g. `--config=configs/lra.py:listops,softmax,pytorch_lra`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lra_jax import errors
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (see configs/).", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, TensorBoard logs and results.json.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval"],
+    "train: train (resuming from the workdir's checkpoints) then evaluate; "
+    "eval: evaluate the workdir's latest and best checkpoints.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() first (multi-host: Cloud TPU pods, Slurm, Kubernetes).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, mode: str) -> pathlib.Path:
+  """Trains or evaluates; returns the path of the results file written."""
+  import tensorflow as tf
+
+  from lra_jax import trainer
+
+  # TF only feeds data; it must not take accelerator memory from JAX.
+  tf.config.set_visible_devices([], "GPU")
+  logging.info("Process %d of %d; devices: %s", jax.process_index(), jax.process_count(),
+               jax.devices())
+  if mode == "train":
+    trainer.train_and_evaluate(config, workdir)
+    return pathlib.Path(workdir) / trainer.RESULTS_FILE
+  trainer.evaluate_checkpoints(config, workdir)
+  return pathlib.Path(workdir) / trainer.EVAL_RESULTS_FILE
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from lra_jax import results
+
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  try:
+    path = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  except (errors.ConfigError, errors.DataNotFoundError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  if path.exists() and jax.process_index() == 0:
+    print(results.summary(json.loads(path.read_text()), _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,281 @@
+"""train_and_evaluate: the training loop, evaluation, checkpoints and results.
+
+The loop is the flax-examples shape: a jitted pure `train_step` over a
+data-parallel Mesh, clu metrics and writers, orbax checkpoints. A run in a
+workdir that already holds checkpoints resumes from the newest one and ends
+exactly where an uninterrupted run would (the data order and every random
+draw are functions of the seed and the step).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+from typing import Any, Iterable
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax.training import train_state
+from jax.experimental import multihost_utils
+
+from lra_jax import checkpointing, data, errors, models, optim, parallel, schedules, steps
+
+RESULTS_FILE = "results.json"
+EVAL_RESULTS_FILE = "eval_results.json"
+CONFIG_FILE = "config.json"
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
+  """Fails early, with what to change, on settings that cannot run."""
+  train, data_config = config.train, config.data
+  for name in ("batch_size", "eval_batch_size"):
+    size = data_config[name]
+    if size % num_devices or size % num_processes:
+      raise errors.ConfigError(
+          f"data.{name}={size} must be divisible by the number of devices ({num_devices}) and "
+          f"of processes ({num_processes}); set --config.data.{name} to a multiple.")
+  if data_config.batch_size % (train.grad_accum_steps * num_devices):
+    raise errors.ConfigError(
+        f"data.batch_size={data_config.batch_size} must split into train.grad_accum_steps="
+        f"{train.grad_accum_steps} micro-batches that each divide over {num_devices} devices.")
+  if data_config.padded_length < data_config.max_length:
+    raise errors.ConfigError(
+        f"data.padded_length={data_config.padded_length} is shorter than data.max_length="
+        f"{data_config.max_length}.")
+  for name in ("num_train_steps", "eval_every_steps", "log_every_steps", "checkpoint_every_steps"):
+    if train[name] <= 0:
+      raise errors.ConfigError(f"train.{name} must be positive, got {train[name]}.")
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array,
+                       mesh: jax.sharding.Mesh) -> train_state.TrainState:
+  """Initialised parameters and optimiser state, replicated over the mesh."""
+  length = config.data.padded_length
+  dummy = [np.zeros((1, length), np.int32) for _ in models.input_names(config)]
+  tx = optim.create_optimizer(config.train)
+
+  def init(rng):
+    params_rng, dropout_rng, attention_rng = jax.random.split(rng, 3)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng,
+                            "attention": attention_rng}, *dummy, deterministic=True)
+    return train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
+
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+
+
+def evaluate(eval_step, params, dataset, mesh: jax.sharding.Mesh, rng: jax.Array,
+             num_steps: int = -1) -> dict[str, float]:
+  """Mean loss and accuracy over `dataset` (at most `num_steps` batches if > 0)."""
+  merged = None
+  for index, batch in enumerate(_numpy_batches(dataset)):
+    if 0 < num_steps <= index:
+      break
+    metrics = eval_step(params, parallel.global_batch(batch, mesh), jax.random.fold_in(rng, index))
+    merged = metrics if merged is None else merged.merge(metrics)
+  if merged is None:
+    raise errors.ConfigError("The evaluation split is empty; check data.data_dir.")
+  return {name: float(value) for name, value in merged.compute().items()}
+
+
+def majority_class_accuracy(dataset, num_classes: int) -> float:
+  """Accuracy of always predicting the most frequent class of `dataset` (all processes)."""
+  counts = data.class_counts(_numpy_batches(dataset), num_classes)
+  if jax.process_count() > 1:
+    counts = multihost_utils.process_allgather(counts).sum(axis=0)
+  return float(counts.max() / max(counts.sum(), 1))
+
+
+def _numpy_batches(dataset) -> Iterable[dict[str, np.ndarray]]:
+  return dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else dataset
+
+
+def _write_json(path: pathlib.Path, payload: dict[str, Any]) -> None:
+  """Atomic write: a crash never leaves a truncated results file."""
+  if jax.process_index() != 0:
+    return
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
+
+
+def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir trained with another model or task."""
+  path = workdir / CONFIG_FILE
+  if not path.exists():
+    _write_json(path, config.to_dict())
+    return
+  stored = json.loads(path.read_text())
+  current = json.loads(config.to_json())
+  for section in ("task", "model"):
+    if stored.get(section) != current.get(section):
+      raise errors.ConfigError(
+          f"{workdir} holds a run with a different {section!r} setting than this config "
+          f"(see {path}). Its checkpoints cannot be resumed with this config: pass a new "
+          f"--workdir, or the config that run used. Nothing in {workdir} was changed.")
+
+
+class Run:
+  """What one training or evaluation run needs: model, mesh, jitted steps, data."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.mesh = parallel.create_mesh()
+    check_config(config, jax.device_count(), jax.process_count())
+    _check_workdir_config(self.workdir, config)
+    self.model = models.create_model(config)
+    root = jax.random.key(config.seed)
+    self.init_rng, self.train_rng, self.eval_rng = jax.random.split(root, 3)
+    self.initial_state = create_train_state(config, self.model, self.init_rng, self.mesh)
+    # Shapes and shardings only: the train step donates (frees) real states.
+    self.abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.initial_state)
+    self.checkpoints = checkpointing.Checkpoints(
+        self.workdir, save_interval_steps=config.train.checkpoint_every_steps,
+        max_to_keep=config.train.max_checkpoints_to_keep)
+    names = models.input_names(config)
+    replicated, sharded = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
+    self.train_step = jax.jit(
+        functools.partial(steps.train_step, model=self.model, input_names=names,
+                          grad_accum_steps=config.train.grad_accum_steps),
+        in_shardings=(replicated, sharded, replicated), out_shardings=replicated,
+        donate_argnums=0)
+    self.eval_step = jax.jit(
+        functools.partial(steps.eval_step, model=self.model, input_names=names),
+        in_shardings=(replicated, sharded, replicated), out_shardings=replicated)
+
+  def datasets(self, start_step: int = 0) -> data.Datasets:
+    return data.get_datasets(self.config, process_index=jax.process_index(),
+                             process_count=jax.process_count(), start_step=start_step)
+
+  def evaluate(self, params, dataset, num_steps: int = -1) -> dict[str, float]:
+    return evaluate(self.eval_step, params, dataset, self.mesh, self.eval_rng, num_steps)
+
+  def report(self, final_state, datasets: data.Datasets) -> dict[str, Any]:
+    """Validation and test metrics of the final and the best checkpoint."""
+    c = self.config
+    final_step = int(final_state.step)
+    report: dict[str, Any] = {
+        "task": c.task, "attention": c.model.attention, "protocol": c.protocol,
+        "final": {"step": final_step,
+                  "validation": self.evaluate(final_state.params, datasets.validation),
+                  "test": self.evaluate(final_state.params, datasets.test)},
+        "test_majority_class_accuracy": majority_class_accuracy(datasets.test,
+                                                                c.model.num_classes),
+    }
+    best = self.checkpoints.restore_best(self.abstract_state)
+    if best is not None:
+      best_state, meta = best
+      if int(best_state.step) == final_step:
+        report["best"] = report["final"]
+      else:
+        report["best"] = {
+            "step": int(best_state.step),
+            "validation": self.evaluate(best_state.params, datasets.validation),
+            "test": self.evaluate(best_state.params, datasets.test)}
+    return report
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str | pathlib.Path) -> train_state.TrainState:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints), then writes
+  results.json with validation and test metrics of the final and best states."""
+  run = Run(config, workdir)
+  c = config.train
+  state = run.initial_state
+  meta = {"best_step": -1, "best_validation_accuracy": -1.0}
+  restored = run.checkpoints.restore_latest(run.abstract_state)
+  if restored is not None:
+    state, meta = restored
+    logging.info("Resumed from step %d in %s.", int(state.step), run.workdir)
+  start_step = int(state.step)
+  datasets = run.datasets(start_step)
+  learning_rate = schedules.create_learning_rate_fn(c)
+
+  writer = metric_writers.create_default_writer(
+      run.workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=c.num_train_steps, writer=writer, every_steps=c.log_every_steps)
+  train_metrics = None
+  train_batches = iter(_numpy_batches(datasets.train))
+  with metric_writers.ensure_flushes(writer):
+    for step in range(start_step, c.num_train_steps):
+      batch = parallel.global_batch(next(train_batches), run.mesh)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = run.train_step(state, batch, run.train_rng)
+      train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+      done = step + 1
+      progress(done)
+      is_last = done == c.num_train_steps
+      if done % c.log_every_steps == 0 or is_last:
+        scalars = {f"train_{k}": v for k, v in train_metrics.compute().items()}
+        scalars["train_learning_rate"] = float(learning_rate(step))
+        _check_finite(scalars, done)
+        writer.write_scalars(done, scalars)
+        train_metrics = None
+      if done % c.eval_every_steps == 0 or is_last:
+        with progress.timed("eval"):
+          validation = run.evaluate(state.params, datasets.validation, c.num_eval_steps)
+        writer.write_scalars(done, {f"validation_{k}": v for k, v in validation.items()})
+        if validation["accuracy"] > meta["best_validation_accuracy"]:
+          meta = {"best_step": done, "best_validation_accuracy": validation["accuracy"]}
+          run.checkpoints.save_best(done, state, meta)
+      with progress.timed("checkpoint"):
+        run.checkpoints.save(done, state, meta, force=is_last)
+      if run.checkpoints.reached_preemption(done):
+        logging.warning("Preempted at step %d: checkpoint saved, stopping.", done)
+        run.checkpoints.close()
+        return state
+    run.checkpoints.close()
+    report = run.report(state, datasets)
+    report["best_validation_during_training"] = meta
+    _write_json(run.workdir / RESULTS_FILE, report)
+    writer.write_scalars(int(state.step), {
+        f"{which}_{split}_{k}": v for which in ("final", "best") if which in report
+        for split in ("validation", "test") for k, v in report[which][split].items()})
+  return state
+
+
+def evaluate_checkpoints(config: ml_collections.ConfigDict,
+                         workdir: str | pathlib.Path) -> dict[str, Any]:
+  """`--mode=eval`: validation and test metrics of the latest and best checkpoints.
+
+  Writes eval_results.json; results.json of the training run is left alone.
+  """
+  run = Run(config, workdir)
+  restored = run.checkpoints.restore_latest(run.abstract_state)
+  if restored is None:
+    raise errors.DataNotFoundError(
+        f"No checkpoint in {run.workdir / 'checkpoints'}: train first with "
+        f"python -m lra_jax.train --config=... --workdir={run.workdir}.")
+  report = run.report(restored[0], run.datasets())
+  run.checkpoints.close()
+  _write_json(run.workdir / EVAL_RESULTS_FILE, report)
+  return report
+
+
+def _check_finite(scalars: dict[str, float], step: int) -> None:
+  bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(
+        f"Non-finite training metrics at step {step}: {bad}. The last good checkpoint is kept; "
+        f"lower train.learning_rate or enable train.grad_clip_norm and resume.")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat
+

@@ -1,0 +1,93 @@
+"""Every config file loads, and the model it describes builds and runs.
+
+Configs are shrunk (2 layers, width 16, length <= 64) so the model of every
+file can be initialised and applied in seconds; the full sizes are checked by
+parameter count in tests/models/test_encoder.py.
+"""
+
+import importlib.util
+import inspect
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lra_jax import attention, base_config, errors, models
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
+
+
+def load(path, *args):
+  return _module(path).get_config(*args)
+
+
+def _variants(path):
+  """(path, argument) pairs: every protocol of files that take one."""
+  parameters = inspect.signature(_module(path).get_config).parameters
+  if "protocol" in parameters:
+    return [(path, (protocol,)) for protocol in base_config.PROTOCOLS] + [(path, ())]
+  return [(path, ())]
+
+
+def _module(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def shrink(config):
+  config.data.max_length = min(config.data.max_length, 64)
+  config.data.padded_length = min(config.data.padded_length, 64)
+  config.model.update(emb_dim=16, num_heads=2, num_layers=min(config.model.num_layers, 2),
+                      qkv_dim=16, mlp_dim=32,
+                      classifier_hidden_dims=tuple(16 for _ in config.model.classifier_hidden_dims))
+  return config
+
+
+def build_and_apply(config):
+  model = models.create_model(config)
+  rng = np.random.default_rng(0)
+  inputs = [jnp.asarray(rng.integers(0, config.model.vocab_size, (2, config.data.padded_length)),
+                        jnp.int32) for _ in models.input_names(config)]
+  variables = model.init({"params": jax.random.key(0), attention.ATTENTION_RNG: jax.random.key(1)},
+                         *inputs, deterministic=True)
+  logits = model.apply(variables, *inputs, deterministic=False,
+                       rngs={"dropout": jax.random.key(2), attention.ATTENTION_RNG: jax.random.key(3)})
+  assert logits.shape == (2, config.model.num_classes)
+  assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("path,args", [v for path in CONFIG_FILES for v in _variants(path)],
+                         ids=lambda x: x.name if isinstance(x, pathlib.Path) else ",".join(x))
+def test_config_file_builds_its_model(path, args):
+  config = load(path, *args)
+  assert config.task in base_config.TASKS
+  assert __doc__ and _module(path).__doc__ and "python -m lra_jax.train" in _module(path).__doc__
+  build_and_apply(shrink(config))
+
+
+@pytest.mark.parametrize("task", sorted(base_config.TASKS))
+@pytest.mark.parametrize("name", attention.names())
+@pytest.mark.parametrize("protocol", base_config.PROTOCOLS)
+def test_every_task_method_protocol_is_reachable(task, name, protocol):
+  config = load(CONFIG_DIR / "lra.py", f"{task},{name},{protocol}")
+  assert (config.task, config.model.attention, config.protocol) == (task, name, protocol)
+  config.model.attention_kwargs.update(attention.get_method(name).small_input_kwargs)
+  build_and_apply(shrink(config))
+
+
+def test_every_task_has_a_softmax_config_file():
+  for task in base_config.TASKS:
+    assert (CONFIG_DIR / f"{task}_softmax.py").exists()
+
+
+@pytest.mark.parametrize("arg,message", [("listops", "TASK,ATTENTION"),
+                                         ("chess,softmax", "Valid values"),
+                                         ("listops,softmax,torch", "pytorch_lra")])
+def test_bad_arguments_say_what_is_valid(arg, message):
+  with pytest.raises(errors.ConfigError, match=message):
+    load(CONFIG_DIR / "lra.py", arg)

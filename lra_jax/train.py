@@ -8,6 +8,7 @@ colon, e.g. `--config=configs/lra.py:listops,softmax,pytorch_lra`.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import pathlib
 import sys
 
@@ -48,10 +49,20 @@ def run(config, workdir: str, mode: str) -> pathlib.Path:
   return pathlib.Path(workdir) / trainer.EVAL_RESULTS_FILE
 
 
+class _HideOrbaxInfo(std_logging.Filter):
+  """Drops orbax's INFO records (a dozen per checkpoint save), keeps its warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from lra_jax import results
+
+  if logging.get_verbosity() <= logging.INFO:  # -v 1 or more shows orbax's progress too
+    logging.get_absl_handler().addFilter(_HideOrbaxInfo())
 
   if _DISTRIBUTED.value:
     jax.distributed.initialize()

@@ -56,8 +56,13 @@ class Checkpoints:
   def reached_preemption(self, step: int) -> bool:
     return self.latest.reached_preemption(step)
 
-  def close(self) -> None:
-    """Waits for pending asynchronous saves, then releases the managers."""
+  def wait_until_finished(self) -> None:
+    """Blocks until every asynchronous save has been written."""
     for manager in (self.latest, self.best):
       manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves, then releases the managers."""
+    self.wait_until_finished()
+    for manager in (self.latest, self.best):
       manager.close()

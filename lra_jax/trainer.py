@@ -187,61 +187,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains `config` in `workdir` (resuming if it holds checkpoints), then writes
   results.json with validation and test metrics of the final and best states."""
   run = Run(config, workdir)
-  c = config.train
-  state = run.initial_state
-  meta = {"best_step": -1, "best_validation_accuracy": -1.0}
-  restored = run.checkpoints.restore_latest(run.abstract_state)
-  if restored is not None:
-    state, meta = restored
-    logging.info("Resumed from step %d in %s.", int(state.step), run.workdir)
-  start_step = int(state.step)
-  datasets = run.datasets(start_step)
-  learning_rate = schedules.create_learning_rate_fn(c)
+  try:
+    state = run.initial_state
+    meta = {"best_step": -1, "best_validation_accuracy": -1.0}
+    restored = run.checkpoints.restore_latest(run.abstract_state)
+    if restored is not None:
+      state, meta = restored
+      logging.info("Resumed from step %d in %s.", int(state.step), run.workdir)
+    datasets = run.datasets(int(state.step))
+    writer = metric_writers.create_default_writer(
+        run.workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+    with metric_writers.ensure_flushes(writer):
+      state, meta, preempted = _train(run, state, meta, datasets, writer)
+      if preempted:
+        return state
+      run.checkpoints.wait_until_finished()
+      report = run.report(state, datasets)
+      report["best_validation_during_training"] = meta
+      _write_json(run.workdir / RESULTS_FILE, report)
+      writer.write_scalars(int(state.step), {
+          f"{which}_{split}_{k}": v for which in ("final", "best") if which in report
+          for split in ("validation", "test") for k, v in report[which][split].items()})
+  finally:
+    run.checkpoints.close()
+  return state
 
-  writer = metric_writers.create_default_writer(
-      run.workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+
+def _train(run: Run, state, meta: dict[str, Any], datasets: data.Datasets, writer):
+  """The loop from state.step to num_train_steps: train, log, evaluate, checkpoint.
+
+  Returns (state, meta, preempted); `preempted` means a preemption signal
+  stopped it early, after a checkpoint of the current step.
+  """
+  c = run.config.train
+  start_step = int(state.step)
+  learning_rate = schedules.create_learning_rate_fn(c)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams(_flatten(run.config.to_dict()))
   progress = periodic_actions.ReportProgress(
       num_train_steps=c.num_train_steps, writer=writer, every_steps=c.log_every_steps)
   train_metrics = None
   train_batches = iter(_numpy_batches(datasets.train))
-  with metric_writers.ensure_flushes(writer):
-    for step in range(start_step, c.num_train_steps):
-      batch = parallel.global_batch(next(train_batches), run.mesh)
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = run.train_step(state, batch, run.train_rng)
-      train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
-      done = step + 1
-      progress(done)
-      is_last = done == c.num_train_steps
-      if done % c.log_every_steps == 0 or is_last:
-        scalars = {f"train_{k}": v for k, v in train_metrics.compute().items()}
-        scalars["train_learning_rate"] = float(learning_rate(step))
-        _check_finite(scalars, done)
-        writer.write_scalars(done, scalars)
-        train_metrics = None
-      if done % c.eval_every_steps == 0 or is_last:
-        with progress.timed("eval"):
-          validation = run.evaluate(state.params, datasets.validation, c.num_eval_steps)
-        writer.write_scalars(done, {f"validation_{k}": v for k, v in validation.items()})
-        if validation["accuracy"] > meta["best_validation_accuracy"]:
-          meta = {"best_step": done, "best_validation_accuracy": validation["accuracy"]}
-          run.checkpoints.save_best(done, state, meta)
-      with progress.timed("checkpoint"):
-        run.checkpoints.save(done, state, meta, force=is_last)
-      if run.checkpoints.reached_preemption(done):
-        logging.warning("Preempted at step %d: checkpoint saved, stopping.", done)
-        run.checkpoints.close()
-        return state
-    run.checkpoints.close()
-    report = run.report(state, datasets)
-    report["best_validation_during_training"] = meta
-    _write_json(run.workdir / RESULTS_FILE, report)
-    writer.write_scalars(int(state.step), {
-        f"{which}_{split}_{k}": v for which in ("final", "best") if which in report
-        for split in ("validation", "test") for k, v in report[which][split].items()})
-  return state
+  for step in range(start_step, c.num_train_steps):
+    batch = parallel.global_batch(next(train_batches), run.mesh)
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      state, metrics = run.train_step(state, batch, run.train_rng)
+    train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+    done = step + 1
+    progress(done)
+    is_last = done == c.num_train_steps
+    if done % c.log_every_steps == 0 or is_last:
+      scalars = {f"train_{k}": v for k, v in train_metrics.compute().items()}
+      scalars["train_learning_rate"] = float(learning_rate(step))
+      _check_finite(scalars, done)
+      writer.write_scalars(done, scalars)
+      train_metrics = None
+    if done % c.eval_every_steps == 0 or is_last:
+      with progress.timed("eval"):
+        validation = run.evaluate(state.params, datasets.validation, c.num_eval_steps)
+      writer.write_scalars(done, {f"validation_{k}": v for k, v in validation.items()})
+      if validation["accuracy"] > meta["best_validation_accuracy"]:
+        meta = {"best_step": done, "best_validation_accuracy": validation["accuracy"]}
+        run.checkpoints.save_best(done, state, meta)
+    with progress.timed("checkpoint"):
+      run.checkpoints.save(done, state, meta, force=is_last)
+    if run.checkpoints.reached_preemption(done):
+      logging.warning("Preempted at step %d: checkpoint saved, stopping.", done)
+      return state, meta, True
+  return state, meta, False
 
 
 def evaluate_checkpoints(config: ml_collections.ConfigDict,
@@ -251,13 +264,15 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict,
   Writes eval_results.json; results.json of the training run is left alone.
   """
   run = Run(config, workdir)
-  restored = run.checkpoints.restore_latest(run.abstract_state)
-  if restored is None:
-    raise errors.DataNotFoundError(
-        f"No checkpoint in {run.workdir / 'checkpoints'}: train first with "
-        f"python -m lra_jax.train --config=... --workdir={run.workdir}.")
-  report = run.report(restored[0], run.datasets())
-  run.checkpoints.close()
+  try:
+    restored = run.checkpoints.restore_latest(run.abstract_state)
+    if restored is None:
+      raise errors.DataNotFoundError(
+          f"No checkpoint in {run.workdir / 'checkpoints'}: train first with "
+          f"python -m lra_jax.train --config=... --workdir={run.workdir}.")
+    report = run.report(restored[0], run.datasets())
+  finally:
+    run.checkpoints.close()
   _write_json(run.workdir / EVAL_RESULTS_FILE, report)
   return report
 

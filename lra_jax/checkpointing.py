@@ -11,6 +11,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -19,15 +20,24 @@ class Checkpoints:
 
   def __init__(self, workdir: str | pathlib.Path, *, save_interval_steps: int, max_to_keep: int):
     workdir = pathlib.Path(workdir).absolute()
+    policies = ocp.checkpoint_managers
+    # On the interval and on preemption; not orbax's default extra save of
+    # the first step, which only costs time.
+    save_policy = policies.AnySavePolicy([policies.FixedIntervalPolicy(save_interval_steps),
+                                          policies.PreemptionCheckpointingPolicy()])
     self.latest = ocp.CheckpointManager(
         workdir / "checkpoints",
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True))
+            max_to_keep=max_to_keep, save_decision_policy=save_policy, create=True))
     self.best = ocp.CheckpointManager(
         workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
   @staticmethod
   def _save_args(state, meta: dict[str, Any]) -> ocp.args.Composite:
+    # A step that failed on the device (out of memory, say) raises here, in
+    # the caller's thread, rather than inside orbax's background writer,
+    # which then blocks interpreter exit for minutes.
+    jax.block_until_ready(state)
     return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
   @staticmethod
@@ -48,6 +58,8 @@ class Checkpoints:
 
   def save(self, step: int, state, meta: dict[str, Any], *, force: bool = False) -> bool:
     """Saves when `step` is on the interval, on preemption, or when forced."""
+    if not (force or self.latest.should_save(step)):
+      return False
     return self.latest.save(step, args=self._save_args(state, meta), force=force)
 
   def save_best(self, step: int, state, meta: dict[str, Any]) -> None:

@@ -71,6 +71,15 @@ def main(argv):
   except (errors.ConfigError, errors.DataNotFoundError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+  except jax.errors.JaxRuntimeError as error:
+    if "RESOURCE_EXHAUSTED" not in str(error):
+      raise
+    print(f"error: out of device memory ({str(error).splitlines()[0]}). Each device holds "
+          f"data.batch_size / {jax.device_count()} examples at once; split each step into K "
+          f"micro-batches with --config.train.grad_accum_steps=K (the same update in about 1/K "
+          f"of the activation memory), or use more devices. Checkpoints in {_WORKDIR.value} "
+          f"are kept: rerunning with the new setting resumes from them.", file=sys.stderr)
+    sys.exit(1)
   if path.exists() and jax.process_index() == 0:
     print(results.summary(json.loads(path.read_text()), _WORKDIR.value))
 

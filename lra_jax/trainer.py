@@ -232,6 +232,10 @@ def _train(run: Run, state, meta: dict[str, Any], datasets: data.Datasets, write
     batch = parallel.global_batch(next(train_batches), run.mesh)
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, metrics = run.train_step(state, batch, run.train_rng)
+    if step == start_step:
+      # Steps run asynchronously; a first step that fails (out of memory,
+      # say) should say so now, not as a chain of dispatch errors later.
+      jax.block_until_ready(state)
     train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
     done = step + 1
     progress(done)

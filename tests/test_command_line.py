@@ -62,3 +62,13 @@ def test_generate_listops_script_writes_the_release_files(tmp_path):
   assert result.returncode == 0, result.stderr
   lines = (tmp_path / "basic_val.tsv").read_text().splitlines()
   assert lines[0] == "Source\tTarget" and len(lines) == 4
+
+
+def test_out_of_memory_says_how_to_fit_and_exits_cleanly(tmp_path):
+  listops = tmp_path / "listops"
+  result = _run("-m", "lra_jax.train", "--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
+                f"--config.data.data_dir={listops}", *TINY,
+                "--config.data.padded_length=200000")  # terabytes of attention weights
+  assert result.returncode == 1
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith("error: out of device memory") and "grad_accum_steps" in error

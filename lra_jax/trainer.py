@@ -171,7 +171,7 @@ class Run:
     }
     best = self.checkpoints.restore_best(self.abstract_state)
     if best is not None:
-      best_state, meta = best
+      best_state, _ = best
       if int(best_state.step) == final_step:
         report["best"] = report["final"]
       else:

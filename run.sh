@@ -2,7 +2,7 @@
 # The one front door. On a machine with only Python 3.11+, it creates a
 # virtual environment, installs lra_jax with pinned dependencies, and runs:
 #   ./run.sh quickstart            train + evaluate on offline-generated ListOps
-#   ./run.sh test [pytest args]    the test suite (4 simulated CPU devices)
+#   ./run.sh test [pytest args]    the test suite (4 simulated CPU devices per worker)
 #   ./run.sh train --config=FILE --workdir=DIR [--config.x=y ...]
 # Environment: PYTHON (interpreter, default python3), LRA_JAX_VENV (default .venv),
 # LRA_JAX_EXTRAS (pip extras, e.g. "cuda" or "tpu").
@@ -39,7 +39,8 @@ case "$command" in
     ;;
   test)
     setup
-    exec "$venv/bin/python" -m pytest tests "$@"
+    # One worker per core; with no paths given, pytest.ini points at tests/.
+    exec "$venv/bin/python" -m pytest -n auto "$@"
     ;;
   train)
     setup

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import tensorflow as tf
 
+from lra_jax import errors
+
 # Distinct from every epoch number, so (seed, epoch) -> shuffle seed is 1-1.
 _EPOCH_STRIDE = 1_000_003
 
@@ -38,7 +40,7 @@ def train_batches(examples: tf.data.Dataset, num_examples: int, *, local_batch_s
   shard = examples.shard(process_count, process_index)
   local_examples = shard_size(num_examples, process_index, process_count)
   if local_examples < local_batch_size:
-    raise ValueError(
+    raise errors.ConfigError(
         f"The training split has {num_examples} examples, fewer than one batch per process "
         f"({local_batch_size} x {process_count}); lower data.batch_size.")
   first_epoch, offset = divmod(start_step * local_batch_size, local_examples)

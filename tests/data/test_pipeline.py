@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lra_jax import base_config, data
+from lra_jax import base_config, data, errors
 from lra_jax.data import pipeline
 
 NUM_EXAMPLES = 23
@@ -107,3 +107,9 @@ def test_get_datasets_builds_listops_from_generated_files(tmp_path):
 def test_task_without_a_pipeline_is_a_clear_error():
   with pytest.raises(Exception, match="No input pipeline for task 'text'"):
     data.get_datasets(base_config.get_config("text"))
+
+
+def test_training_split_smaller_than_a_batch_is_a_config_error():
+  with pytest.raises(errors.ConfigError, match="lower data.batch_size"):
+    pipeline.train_batches(_examples(3), 3, local_batch_size=4, padded_length=8, seed=0,
+                           start_step=0, shuffle_buffer_size=10, process_index=0, process_count=1)

@@ -10,11 +10,16 @@ it takes for a new method to reach the encoder, the configs and the contract
 tests.
 """
 
+from lra_jax.attention.kernelized import KernelizedAttention, kernelized_attention
 from lra_jax.attention.multihead import MultiHeadAttention
+from lra_jax.attention.nystrom import (NystromAttention, SkyformerAttention, nystrom_attention,
+                                       skyformer_attention)
 from lra_jax.attention.registry import ATTENTION_RNG, AttentionMethod, get, get_method, names
 from lra_jax.attention.softmax import SoftmaxAttention, softmax_attention
 
 __all__ = [
-    "ATTENTION_RNG", "AttentionMethod", "MultiHeadAttention", "SoftmaxAttention", "get",
-    "get_method", "names", "softmax_attention",
+    "ATTENTION_RNG", "AttentionMethod", "KernelizedAttention", "MultiHeadAttention",
+    "NystromAttention", "SkyformerAttention", "SoftmaxAttention", "get", "get_method",
+    "kernelized_attention", "names", "nystrom_attention", "skyformer_attention",
+    "softmax_attention",
 ]

@@ -24,9 +24,11 @@ documented at its field (e.g. `model.mean_pooling`).
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import ml_collections
 
+from lra_jax import attention as attention_lib
 from lra_jax import errors
 
 
@@ -64,6 +66,19 @@ def _check_choice(field: str, value: str, valid) -> None:
         f"--config=configs/lra.py:listops,softmax,official.")
 
 
+def _attention_kwargs(attention: str) -> ml_collections.ConfigDict:
+  """The method's hyper-parameters. Optional ones (default None) become typed
+  placeholders, so the command line can set them (`X | None` -> X)."""
+  kwargs = ml_collections.ConfigDict()
+  types = typing.get_type_hints(attention_lib.get(attention))
+  for name, value in attention_lib.default_hyperparameters(attention).items():
+    if value is None:
+      (value_type,) = [t for t in typing.get_args(types[name]) if t is not type(None)]
+      value = ml_collections.config_dict.placeholder(value_type)
+    kwargs[name] = value
+  return kwargs
+
+
 def _common(task: str, attention: str, protocol: str) -> ml_collections.ConfigDict:
   """Fields shared by every task and protocol, with their documentation."""
   spec = TASKS[task]
@@ -97,8 +112,9 @@ def _common(task: str, attention: str, protocol: str) -> ml_collections.ConfigDi
   c.model = ml_collections.ConfigDict()
   # Attention method, a name from lra_jax.attention.names().
   c.model.attention = attention
-  # Hyper-parameters of that method (e.g. num_landmarks), passed to its module.
-  c.model.attention_kwargs = ml_collections.ConfigDict()
+  # Hyper-parameters of that method, passed to its module; they start at the
+  # reference values documented on the module (lra_jax/attention/<family>.py).
+  c.model.attention_kwargs = _attention_kwargs(attention)
   # Embedding table rows; ids must be below it.
   c.model.vocab_size = spec.vocab_size
   c.model.num_classes = spec.num_classes

@@ -49,6 +49,28 @@ def run(config, workdir: str, mode: str) -> pathlib.Path:
   return pathlib.Path(workdir) / trainer.EVAL_RESULTS_FILE
 
 
+def _config_error(error: BaseException | None) -> errors.ConfigError | None:
+  """The innermost ConfigError behind `error` (config_flags re-wraps it with a traceback)."""
+  found = None
+  while error is not None:
+    if isinstance(error, errors.ConfigError):
+      found = error
+    error = error.__cause__ or error.__context__
+  return found
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad config argument prints its one-paragraph message."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    config_error = _config_error(error)
+    if config_error is None:
+      return app.parse_flags_with_usage(argv)  # absl's own report, then exit
+    print(f"error: {config_error}", file=sys.stderr)
+    sys.exit(2)
+
+
 class _HideOrbaxInfo(std_logging.Filter):
   """Drops orbax's INFO records (a dozen per checkpoint save), keeps its warnings."""
 
@@ -85,4 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

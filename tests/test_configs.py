@@ -91,3 +91,19 @@ def test_every_task_has_a_softmax_config_file():
 def test_bad_arguments_say_what_is_valid(arg, message):
   with pytest.raises(errors.ConfigError, match=message):
     load(CONFIG_DIR / "lra.py", arg)
+
+
+@pytest.mark.parametrize("name", attention.names())
+def test_attention_kwargs_start_at_the_reference_defaults(name):
+  kwargs = base_config.get_config("text", name).model.attention_kwargs
+  assert kwargs.to_dict() == attention.default_hyperparameters(name)
+
+
+def test_optional_hyperparameters_can_be_set_on_a_locked_config():
+  config = base_config.get_config("listops", "nystrom")
+  config.lock()
+  assert config.model.attention_kwargs.conv_kernel_size is None
+  config.model.attention_kwargs.conv_kernel_size = 35
+  assert config.model.attention_kwargs.conv_kernel_size == 35
+  with pytest.raises(TypeError):
+    config.model.attention_kwargs.conv_kernel_size = "wide"

@@ -14,11 +14,12 @@ from lra_jax.attention.kernelized import KernelizedAttention, kernelized_attenti
 from lra_jax.attention.multihead import MultiHeadAttention
 from lra_jax.attention.nystrom import (NystromAttention, SkyformerAttention, nystrom_attention,
                                        skyformer_attention)
-from lra_jax.attention.registry import ATTENTION_RNG, AttentionMethod, get, get_method, names
+from lra_jax.attention.registry import (ATTENTION_RNG, AttentionMethod, default_hyperparameters, get,
+                                        get_method, names)
 from lra_jax.attention.softmax import SoftmaxAttention, softmax_attention
 
 __all__ = [
-    "ATTENTION_RNG", "AttentionMethod", "KernelizedAttention", "MultiHeadAttention",
+    "ATTENTION_RNG", "AttentionMethod", "KernelizedAttention", "default_hyperparameters", "MultiHeadAttention",
     "NystromAttention", "SkyformerAttention", "SoftmaxAttention", "get", "get_method",
     "kernelized_attention", "names", "nystrom_attention", "skyformer_attention",
     "softmax_attention",

@@ -76,3 +76,18 @@ def get_method(name: str) -> AttentionMethod:
 def get(name: str) -> type[nn.Module]:
   """The linen module class registered under `name`."""
   return get_method(name).module
+
+
+# Module fields the multi-head layer sets itself, or that linen owns.
+_NOT_HYPERPARAMETERS = ("dropout_rate", "parent", "name")
+
+
+def default_hyperparameters(name: str) -> dict[str, Any]:
+  """The hyper-parameters of `name`'s module with their defaults (the reference values).
+
+  Configs start `model.attention_kwargs` from these, so every one of them is
+  documented in one place (the module) and can be overridden on the command
+  line, e.g. `--config.model.attention_kwargs.num_landmarks=64`.
+  """
+  return {field.name: field.default for field in dataclasses.fields(get(name))
+          if field.name not in _NOT_HYPERPARAMETERS}

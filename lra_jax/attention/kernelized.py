@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lra_jax.attention import registry
-from lra_jax.attention.softmax import dropout_weights
+from lra_jax.attention.softmax import dropout_rng, dropout_weights
 
 
 def gaussian_kernel(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -90,8 +90,7 @@ class KernelizedAttention(nn.Module):
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):
-    use_dropout = not deterministic and self.dropout_rate > 0.0
-    rng = self.make_rng("dropout") if use_dropout else None
+    rng = dropout_rng(self, self.dropout_rate, deterministic)
     return kernelized_attention(query, key, value, mask, rng=rng, dropout_rate=self.dropout_rate)
 
 

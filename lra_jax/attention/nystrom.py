@@ -90,6 +90,15 @@ def _check_self_attention(query, key, value, mask):
         f"key {key.shape}, value {value.shape}, mask {mask.shape}.")
 
 
+def _scaled_and_zero_padded(query, key, value, mask):
+  """float32 q, k scaled by head_dim^(-1/4) and v, all zero at padded positions."""
+  real = mask[:, :, None, None]
+  scale = kernel_scale(query.shape[-1])
+  return (jnp.where(real, query.astype(jnp.float32) * scale, 0.0),
+          jnp.where(real, key.astype(jnp.float32) * scale, 0.0),
+          jnp.where(real, value.astype(jnp.float32), 0.0))
+
+
 # ----------------------------------------------------------------------------
 # Nyströmformer.
 
@@ -214,11 +223,7 @@ def nystrom_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
 def _nystrom_approximation(query, key, value, mask, num_landmarks, num_iterations, pinv_init,
                            segment_means_include_padding):
   """The approximate branch of `nystrom_attention`, float32 output."""
-  real = mask[:, :, None, None]
-  scale = kernel_scale(query.shape[-1])
-  query = jnp.where(real, query.astype(jnp.float32) * scale, 0.0)
-  key = jnp.where(real, key.astype(jnp.float32) * scale, 0.0)
-  value = jnp.where(real, value.astype(jnp.float32), 0.0)
+  query, key, value = _scaled_and_zero_padded(query, key, value, mask)
 
   if segment_means_include_padding:
     counts = jnp.asarray(segment_sizes(key.shape[1], num_landmarks), jnp.float32)[None]
@@ -384,11 +389,7 @@ def skyformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
   _check_self_attention(query, key, value, mask)
   indices = skyformer_landmark_indices(rng, mask, num_landmarks)
 
-  real = mask[:, :, None, None]
-  scale = kernel_scale(query.shape[-1])
-  query = jnp.where(real, query.astype(jnp.float32) * scale, 0.0)
-  key = jnp.where(real, key.astype(jnp.float32) * scale, 0.0)
-  values = jnp.where(real, value.astype(jnp.float32), 0.0)
+  query, key, values = _scaled_and_zero_padded(query, key, value, mask)
 
   stacked = jnp.concatenate([query, key], axis=1)  # [batch, 2 length, heads, head_dim]
   landmarks = jnp.take_along_axis(stacked, indices[:, :, None, None], axis=1)

@@ -25,6 +25,11 @@ def dropout_weights(weights: jax.Array, rate: float, rng: jax.Array | None) -> j
   return jnp.where(keep, weights / (1.0 - rate), 0.0).astype(weights.dtype)
 
 
+def dropout_rng(module: nn.Module, rate: float, deterministic: bool) -> jax.Array | None:
+  """A key from `module`'s 'dropout' stream when dropout is active, else None."""
+  return None if deterministic or rate == 0.0 else module.make_rng("dropout")
+
+
 def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                       rng: jax.Array | None = None, dropout_rate: float = 0.0) -> jax.Array:
   """Exact scaled dot-product attention over the real (unpadded) keys.
@@ -63,8 +68,7 @@ class SoftmaxAttention(nn.Module):
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):
-    use_dropout = not deterministic and self.dropout_rate > 0.0
-    rng = self.make_rng("dropout") if use_dropout else None
+    rng = dropout_rng(self, self.dropout_rate, deterministic)
     return softmax_attention(query, key, value, mask, rng=rng, dropout_rate=self.dropout_rate)
 
 

@@ -18,11 +18,12 @@ import numpy as np
 import tensorflow as tf
 
 from lra_jax import errors
-from lra_jax.data import listops, listops_generator, pipeline
+from lra_jax.data import image, listops, listops_generator, pipeline, text
 
 # Tasks whose pipeline is implemented; the others have configs and models
-# already (lra_jax/base_config.py).
-READERS = {"listops": listops}
+# already (lra_jax/base_config.py). Text and image read prepared TFDS datasets
+# (imdb_reviews, cifar10) from data.data_dir and never download them.
+READERS = {"listops": listops, "text": text, "image": image}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,5 +76,5 @@ def class_counts(batches: Iterable[dict[str, np.ndarray]], num_classes: int) -> 
   return counts
 
 
-__all__ = ["Datasets", "READERS", "class_counts", "get_datasets", "listops",
-           "listops_generator", "pipeline"]
+__all__ = ["Datasets", "READERS", "class_counts", "get_datasets", "image", "listops",
+           "listops_generator", "pipeline", "text"]

@@ -105,8 +105,8 @@ def test_get_datasets_builds_listops_from_generated_files(tmp_path):
 
 
 def test_task_without_a_pipeline_is_a_clear_error():
-  with pytest.raises(Exception, match="No input pipeline for task 'text'"):
-    data.get_datasets(base_config.get_config("text"))
+  with pytest.raises(Exception, match="No input pipeline for task 'retrieval'"):
+    data.get_datasets(base_config.get_config("retrieval"))
 
 
 def test_training_split_smaller_than_a_batch_is_a_config_error():

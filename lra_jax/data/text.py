@@ -39,9 +39,5 @@ def read(data_dir: str, split: str, max_length: int) -> tuple[tf.data.Dataset, i
   Raises:
     errors.DataNotFoundError: imdb_reviews is not prepared in `data_dir`.
   """
-  rows, count = tfds_source.load(DATASET, data_dir, TFDS_SPLITS[split])
-  examples = rows.map(
-      lambda row: {"inputs": encode(row["text"], max_length),
-                   "targets": tf.cast(row["label"], tf.int32)},
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return examples, count
+  return tfds_source.classification_examples(DATASET, data_dir, TFDS_SPLITS[split], "text",
+                                             encode, max_length)

@@ -7,6 +7,8 @@ a missing one raises `errors.DataNotFoundError` saying how to prepare it.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -46,3 +48,15 @@ def load(name: str, data_dir: str, split_spec: str) -> tuple[tf.data.Dataset, in
                                 shuffle_seed=None)
   examples = builder.as_dataset(split=split_spec, shuffle_files=False, read_config=read_config)
   return examples, builder.info.splits[split_spec].num_examples
+
+
+def classification_examples(name: str, data_dir: str, split_spec: str, feature: str,
+                            encode: Callable[[tf.Tensor, int], tf.Tensor],
+                            max_length: int) -> tuple[tf.data.Dataset, int]:
+  """`load`, then {'inputs': encode(row[feature], max_length), 'targets': int32 label}."""
+  rows, count = load(name, data_dir, split_spec)
+  examples = rows.map(
+      lambda row: {"inputs": encode(row[feature], max_length),
+                   "targets": tf.cast(row["label"], tf.int32)},
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return examples, count

@@ -42,9 +42,8 @@ def _missing_data_message(data_dir: str) -> str:
 def ensure_files(data_dir: str, generate_if_missing: bool,
                  settings: listops_generator.GeneratorSettings) -> None:
   """Checks the three TSVs exist, generating them first when allowed."""
-  paths = [listops_generator.tsv_path(data_dir or ".", split)
-           for split in listops_generator.SPLITS]
-  if data_dir and all(tf.io.gfile.exists(str(p)) for p in paths):
+  if data_dir and all(tf.io.gfile.exists(str(listops_generator.tsv_path(data_dir, split)))
+                      for split in listops_generator.SPLITS):
     return
   if not (data_dir and generate_if_missing):
     raise errors.DataNotFoundError(_missing_data_message(data_dir))

@@ -4,12 +4,18 @@ Randomness: each step derives its key as fold_in(train_key, state.step), so a
 resumed run draws exactly what an uninterrupted one would. Micro-batch i of a
 step folds in i again; from that key come the 'dropout' and 'attention'
 streams.
+
+Variables: `params` are trained; the 'constants' collection holds what an
+attention method draws once at initialisation and never trains (a fixed random
+projection, a fixed sparsity pattern: the PyTorch references' buffers). It is
+part of the state, so it is checkpointed and restored with the parameters.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,11 +27,34 @@ from lra_jax.metrics import ClassificationMetrics
 
 Batch = dict[str, jax.Array]
 
+# Linen collection of non-trainable variables fixed at initialisation.
+CONSTANTS = "constants"
 
-def _forward(model: nn.Module, params, batch: Batch, input_names: Sequence[str], *,
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the model's non-trainable `constants` collection."""
+
+  constants: Any = flax.struct.field(default_factory=dict)
+
+  def variables(self, params=None) -> dict[str, Any]:
+    """The linen variables to apply the model with (`params` overrides the state's)."""
+    return {"params": self.params if params is None else params, **self.constants}
+
+
+def split_variables(variables) -> tuple[Any, dict[str, Any]]:
+  """model.init's variables -> (params, {'constants': ...} or {})."""
+  constants = {CONSTANTS: variables[CONSTANTS]} if CONSTANTS in variables else {}
+  unknown = set(variables) - {"params", CONSTANTS}
+  if unknown:
+    raise ValueError(f"The model created variable collections {sorted(unknown)}; only 'params' "
+                     f"and {CONSTANTS!r} are carried by the train state.")
+  return variables["params"], constants
+
+
+def _forward(model: nn.Module, variables, batch: Batch, input_names: Sequence[str], *,
              rng: jax.Array, deterministic: bool) -> jax.Array:
   dropout_rng, attention_rng = jax.random.split(rng)
-  return model.apply({"params": params}, *(batch[name] for name in input_names),
+  return model.apply(variables, *(batch[name] for name in input_names),
                      deterministic=deterministic,
                      rngs={"dropout": dropout_rng, ATTENTION_RNG: attention_rng})
 
@@ -43,9 +72,9 @@ def _split_micro_batches(batch: Batch, num: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def train_step(state: train_state.TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
                input_names: Sequence[str], grad_accum_steps: int = 1
-               ) -> tuple[train_state.TrainState, ClassificationMetrics]:
+               ) -> tuple[TrainState, ClassificationMetrics]:
   """One optimiser update on the mean cross-entropy of `batch`.
 
   With grad_accum_steps = k the batch runs as k micro-batches whose gradients
@@ -55,7 +84,8 @@ def train_step(state: train_state.TrainState, batch: Batch, rng: jax.Array, *, m
   step_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params, micro_batch, micro_rng):
-    logits = _forward(model, params, micro_batch, input_names, rng=micro_rng, deterministic=False)
+    logits = _forward(model, state.variables(params), micro_batch, input_names, rng=micro_rng,
+                      deterministic=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, micro_batch["targets"])
     return jnp.mean(losses), (logits, losses)
 
@@ -80,9 +110,10 @@ def train_step(state: train_state.TrainState, batch: Batch, rng: jax.Array, *, m
   return state.apply_gradients(grads=grads), _metrics(logits, losses, batch)
 
 
-def eval_step(params, batch: Batch, rng: jax.Array, *, model: nn.Module,
+def eval_step(variables, batch: Batch, rng: jax.Array, *, model: nn.Module,
               input_names: Sequence[str]) -> ClassificationMetrics:
-  """Metrics of one evaluation batch; `rng` feeds methods that sample at test time."""
-  logits = _forward(model, params, batch, input_names, rng=rng, deterministic=True)
+  """Metrics of one evaluation batch (`variables` = TrainState.variables()); `rng`
+  feeds methods that sample at test time."""
+  logits = _forward(model, variables, batch, input_names, rng=rng, deterministic=True)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
   return _metrics(logits, losses, batch)

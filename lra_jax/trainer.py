@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax.training import train_state
 from jax.experimental import multihost_utils
 
 from lra_jax import checkpointing, data, errors, models, optim, parallel, schedules, steps
@@ -53,8 +52,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array,
-                       mesh: jax.sharding.Mesh) -> train_state.TrainState:
-  """Initialised parameters and optimiser state, replicated over the mesh."""
+                       mesh: jax.sharding.Mesh) -> steps.TrainState:
+  """Initialised parameters, constants and optimiser state, replicated over the mesh."""
   length = config.data.padded_length
   dummy = [np.zeros((1, length), np.int32) for _ in models.input_names(config)]
   tx = optim.create_optimizer(config.train)
@@ -63,19 +62,20 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng:
     params_rng, dropout_rng, attention_rng = jax.random.split(rng, 3)
     variables = model.init({"params": params_rng, "dropout": dropout_rng,
                             "attention": attention_rng}, *dummy, deterministic=True)
-    return train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
+    params, constants = steps.split_variables(variables)
+    return steps.TrainState.create(apply_fn=model.apply, params=params, tx=tx, constants=constants)
 
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
 
 
-def evaluate(eval_step, params, dataset, mesh: jax.sharding.Mesh, rng: jax.Array,
+def evaluate(eval_step, variables, dataset, mesh: jax.sharding.Mesh, rng: jax.Array,
              num_steps: int = -1) -> dict[str, float]:
   """Mean loss and accuracy over `dataset` (at most `num_steps` batches if > 0)."""
   merged = None
   for index, batch in enumerate(_numpy_batches(dataset)):
     if 0 < num_steps <= index:
       break
-    metrics = eval_step(params, parallel.global_batch(batch, mesh), jax.random.fold_in(rng, index))
+    metrics = eval_step(variables, parallel.global_batch(batch, mesh), jax.random.fold_in(rng, index))
     merged = metrics if merged is None else merged.merge(metrics)
   if merged is None:
     raise errors.ConfigError("The evaluation split is empty; check data.data_dir.")
@@ -154,8 +154,8 @@ class Run:
     return data.get_datasets(self.config, process_index=jax.process_index(),
                              process_count=jax.process_count(), start_step=start_step)
 
-  def evaluate(self, params, dataset, num_steps: int = -1) -> dict[str, float]:
-    return evaluate(self.eval_step, params, dataset, self.mesh, self.eval_rng, num_steps)
+  def evaluate(self, state: steps.TrainState, dataset, num_steps: int = -1) -> dict[str, float]:
+    return evaluate(self.eval_step, state.variables(), dataset, self.mesh, self.eval_rng, num_steps)
 
   def report(self, final_state, datasets: data.Datasets) -> dict[str, Any]:
     """Validation and test metrics of the final and the best checkpoint."""
@@ -164,8 +164,8 @@ class Run:
     report: dict[str, Any] = {
         "task": c.task, "attention": c.model.attention, "protocol": c.protocol,
         "final": {"step": final_step,
-                  "validation": self.evaluate(final_state.params, datasets.validation),
-                  "test": self.evaluate(final_state.params, datasets.test)},
+                  "validation": self.evaluate(final_state, datasets.validation),
+                  "test": self.evaluate(final_state, datasets.test)},
         "test_majority_class_accuracy": majority_class_accuracy(datasets.test,
                                                                 c.model.num_classes),
     }
@@ -177,13 +177,13 @@ class Run:
       else:
         report["best"] = {
             "step": int(best_state.step),
-            "validation": self.evaluate(best_state.params, datasets.validation),
-            "test": self.evaluate(best_state.params, datasets.test)}
+            "validation": self.evaluate(best_state, datasets.validation),
+            "test": self.evaluate(best_state, datasets.test)}
     return report
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | pathlib.Path) -> train_state.TrainState:
+                       workdir: str | pathlib.Path) -> steps.TrainState:
   """Trains `config` in `workdir` (resuming if it holds checkpoints), then writes
   results.json with validation and test metrics of the final and best states."""
   run = Run(config, workdir)
@@ -248,7 +248,7 @@ def _train(run: Run, state, meta: dict[str, Any], datasets: data.Datasets, write
       train_metrics = None
     if done % c.eval_every_steps == 0 or is_last:
       with progress.timed("eval"):
-        validation = run.evaluate(state.params, datasets.validation, c.num_eval_steps)
+        validation = run.evaluate(state, datasets.validation, c.num_eval_steps)
       writer.write_scalars(done, {f"validation_{k}": v for k, v in validation.items()})
       if validation["accuracy"] > meta["best_validation_accuracy"]:
         meta = {"best_step": done, "best_validation_accuracy": validation["accuracy"]}

@@ -37,5 +37,11 @@ setuptools.setup(
         "cuda": [f"jax[cuda12]=={JAX_VERSION}"],
         # Cloud TPU VMs.
         "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+        # PyTorch implementations timed beside ours by benchmarks/attention.py
+        # --torch (add --extra-index-url https://download.pytorch.org/whl/cpu
+        # for the CPU-only torch wheel).
+        "torch-reference": ["torch==2.14.1", "nystrom-attention==0.0.14",
+                            "performer-pytorch==1.1.4", "linformer==0.2.3",
+                            "reformer-pytorch==1.4.4"],
     },
 )

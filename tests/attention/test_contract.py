@@ -126,3 +126,32 @@ def test_unknown_name_lists_valid_names():
     attention.get("no_such_attention")
   for name in METHODS:
     assert name in str(error.value)
+
+
+def _primitive_input_dtypes(jaxpr, primitive_names):
+  """dtypes of the inputs of every equation named in `primitive_names`, sub-jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in primitive_names:
+      found.extend(var.aval.dtype for var in eqn.invars if hasattr(var.aval, "dtype"))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, "jaxpr", None)
+        if inner is not None:
+          found.extend(_primitive_input_dtypes(getattr(inner, "jaxpr", inner), primitive_names))
+  return found
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_exponentials_run_in_float32_under_bfloat16(name):
+  # Softmaxes, kernels and feature maps are exponentials: none may see bfloat16.
+  q, k, v, mask = _inputs(jnp.bfloat16)
+  jaxpr = jax.make_jaxpr(lambda q, k, v: _call(name, q, k, v, mask))(q, k, v)
+  dtypes = _primitive_input_dtypes(jaxpr.jaxpr, {"exp", "exp2", "log", "logistic"})
+  assert all(dtype == jnp.float32 for dtype in dtypes), dtypes
+
+
+def test_exponential_finder_sees_softmax_exp():
+  q, k, v, mask = _inputs(jnp.bfloat16)
+  jaxpr = jax.make_jaxpr(lambda q, k, v: _call("softmax", q, k, v, mask))(q, k, v)
+  assert _primitive_input_dtypes(jaxpr.jaxpr, {"exp"}) == [jnp.float32]

@@ -11,16 +11,23 @@ tests.
 """
 
 from lra_jax.attention.kernelized import KernelizedAttention, kernelized_attention
+from lra_jax.attention.lowrank import LinformerAttention, linformer_attention
+from lra_jax.attention.lsh import ReformerAttention, reformer_attention
 from lra_jax.attention.multihead import MultiHeadAttention
 from lra_jax.attention.nystrom import (NystromAttention, SkyformerAttention, nystrom_attention,
                                        skyformer_attention)
+from lra_jax.attention.random_features import PerformerAttention, performer_attention
 from lra_jax.attention.registry import (ATTENTION_RNG, AttentionMethod, default_hyperparameters, get,
                                         get_method, names)
 from lra_jax.attention.softmax import SoftmaxAttention, softmax_attention
+from lra_jax.attention.sparse import (BigBirdAttention, InformerAttention, bigbird_attention,
+                                      informer_attention)
 
 __all__ = [
-    "ATTENTION_RNG", "AttentionMethod", "KernelizedAttention", "default_hyperparameters", "MultiHeadAttention",
-    "NystromAttention", "SkyformerAttention", "SoftmaxAttention", "get", "get_method",
-    "kernelized_attention", "names", "nystrom_attention", "skyformer_attention",
-    "softmax_attention",
+    "ATTENTION_RNG", "AttentionMethod", "BigBirdAttention", "InformerAttention",
+    "KernelizedAttention", "LinformerAttention", "MultiHeadAttention", "NystromAttention",
+    "PerformerAttention", "ReformerAttention", "SkyformerAttention", "SoftmaxAttention",
+    "bigbird_attention", "default_hyperparameters", "get", "get_method", "informer_attention",
+    "kernelized_attention", "linformer_attention", "names", "nystrom_attention",
+    "performer_attention", "reformer_attention", "skyformer_attention", "softmax_attention",
 ]

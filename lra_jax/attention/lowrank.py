@@ -1,0 +1,173 @@
+"""Low-rank attention: Linformer.
+
+Wang et al., "Linformer: Self-Attention with Linear Complexity" (2020), eq. 7:
+with a projection E of shape [k, n] per head, shared by keys and values (the
+paper's "key-value sharing", §4),
+  head = softmax(Q (E K)^T / sqrt(d)) (E V),
+an [n, k] attention matrix instead of [n, n], so the cost is O(n k d).
+Reference code: `attention_linformer.LinformerAttention` of pkuzengqi/Skyformer
+(skyformer_skeinformer.md §1.5) and of the Nyströmformer repo
+(nystromformer_and_peers.md §3): E is [heads, k, length], initialised
+N(0, 0.02^2), and padded keys and values are zeroed before the projection.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lra_jax.attention import registry
+
+# Standard deviation of the projection's initialisation in both reference repos.
+PROJECTION_STDDEV = 0.02
+
+
+def linformer_projection(rng: jax.Array, heads: int, linformer_k: int, length: int) -> jax.Array:
+  """Draws a Linformer projection E ~ N(0, 0.02^2), the reference initialisation.
+
+  Args:
+    rng: PRNG key of the draw.
+    heads: number of heads (one projection per head).
+    linformer_k: projected length k.
+    length: sequence length n the projection applies to.
+
+  Returns:
+    [heads, linformer_k, length] float32.
+  """
+  _check_positive("linformer_k", linformer_k)
+  return PROJECTION_STDDEV * jax.random.normal(rng, (heads, linformer_k, length), jnp.float32)
+
+
+def _check_positive(name: str, value: int):
+  if not isinstance(value, int) or value <= 0:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
+                        rng: jax.Array | None = None, projection: jax.Array | None = None,
+                        linformer_k: int | None = None) -> jax.Array:
+  """Linformer attention (Wang et al. 2020, eq. 7 with key-value sharing), O(n k d).
+
+  With M the padding mask, K' = E (M * K) and V' = E (M * V) per head, and
+  out = softmax(Q K'^T / sqrt(d)) V'. Padded keys and values are zeroed before
+  the projection, so they contribute nothing to K' and V' whatever they hold;
+  the k projected rows are all attended to (there is nothing to mask in them).
+  Real outputs still depend on the padded length through the columns of E
+  that meet the zeroed positions (as in the reference): E is tied to n.
+
+  Args:
+    query: [batch, length, heads, head_dim].
+    key: [batch, length, heads, head_dim].
+    value: [batch, length, heads, head_dim].
+    mask: [batch, length] bool, True for real tokens.
+    rng: PRNG key of a fresh projection E (`linformer_projection`), used only
+      when `projection` is None. The linen module passes its own E instead.
+    projection: [heads, k, length] projection E shared by keys and values;
+      None draws one from `rng`.
+    linformer_k: projected length k. With `projection` None it sets the drawn
+      E's k (None means 128, the reference default); with a projection it must
+      equal projection.shape[1] or be None.
+
+  Returns:
+    [batch, length, heads, head_dim] in `value.dtype`. The projections, logits
+    and softmax are computed in float32 whatever the input dtype.
+
+  Raises:
+    ValueError: a missing key or projection, a projection of the wrong shape,
+      or a non-positive linformer_k.
+  """
+  batch, length, heads, head_dim = key.shape
+  if projection is None:
+    if rng is None:
+      raise ValueError("linformer_attention needs a projection E or a PRNG key to draw one: pass "
+                       "projection=[heads, k, length] or rng=jax.random.key(...).")
+    projection = linformer_projection(rng, heads, 128 if linformer_k is None else linformer_k,
+                                      length)
+  if projection.ndim != 3 or projection.shape[0] != heads or projection.shape[2] != length:
+    raise ValueError(f"The Linformer projection must be [heads, k, length] = [{heads}, k, {length}], "
+                     f"got shape {projection.shape}.")
+  if linformer_k is not None and projection.shape[1] != linformer_k:
+    raise ValueError(f"linformer_k={linformer_k} disagrees with the projection's k = "
+                     f"{projection.shape[1]}; pass linformer_k=None with an explicit projection.")
+  if value.shape != key.shape or mask.shape != (batch, length) or query.shape[0] != batch:
+    raise ValueError(f"Expected key and value [batch, length, heads, head_dim] and mask "
+                     f"[batch, length]; got key {key.shape}, value {value.shape}, mask {mask.shape}.")
+
+  out_dtype = value.dtype
+  projection = projection.astype(jnp.float32)
+  real = mask[:, :, None, None]
+  key = jnp.where(real, key.astype(jnp.float32), 0.0)
+  value = jnp.where(real, value.astype(jnp.float32), 0.0)
+  projected_key = jnp.einsum("hkn,bnhd->bhkd", projection, key, preferred_element_type=jnp.float32)
+  projected_value = jnp.einsum("hkn,bnhd->bhkd", projection, value,
+                               preferred_element_type=jnp.float32)
+  logits = jnp.einsum("bqhd,bhkd->bhqk", query.astype(jnp.float32), projected_key,
+                      preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits / jnp.sqrt(jnp.float32(head_dim)), axis=-1)
+  out = jnp.einsum("bhqk,bhkd->bqhd", weights, projected_value, preferred_element_type=jnp.float32)
+  return out.astype(out_dtype)
+
+
+class LinformerAttention(nn.Module):
+  """Module around `linformer_attention` with its projection E as a variable.
+
+  E has shape [heads, linformer_k, length], where length is the runtime length
+  seen at initialisation (the reference's max_seq_len); calling the module
+  later with another length is an error. One E per layer (per module),
+  shared by keys and values, initialised N(0, 0.02^2).
+
+  Reference quirks and how to reproduce them:
+    * Skyformer's copy never trains E (it is moved to the device with `.to()`
+      after being made a Parameter, so it is neither a parameter nor a buffer):
+      a fixed random projection drawn once at construction.
+      `trainable_projection=False` keeps E in the non-trainable 'constants'
+      collection, drawn at init from the 'attention' RNG stream (default True:
+      E is the learned param 'projection', as in the paper).
+    * No attention dropout: `dropout_rate` is accepted for the registry
+      protocol and ignored (neither reference applies dropout here).
+
+  Difference not reproduced: the Nyströmformer repo's Linformer stores E as a
+  class attribute, so a single E is shared by every layer (layer-wise
+  sharing, the paper's most aggressive sharing variant); here every layer has
+  its own E (headwise sharing of K and V only, as in Skyformer).
+
+  Attributes:
+    dropout_rate: ignored (see above).
+    linformer_k: projected length k (reference: 128).
+    trainable_projection: E learned (True, the paper) or fixed at its random
+      initialisation (False, the Skyformer reference).
+  """
+
+  dropout_rate: float = 0.0
+  linformer_k: int = 128
+  trainable_projection: bool = True
+
+  @nn.compact
+  def __call__(self, query, key, value, mask, *, deterministic: bool):
+    del deterministic
+    _check_positive("linformer_k", self.linformer_k)
+    heads, length = key.shape[2], key.shape[1]
+    shape = (heads, self.linformer_k, length)
+    collection = "params" if self.trainable_projection else "constants"
+    if self.has_variable(collection, "projection"):
+      stored = self.get_variable(collection, "projection").shape
+      if tuple(stored) != shape:
+        raise ValueError(
+            f"Linformer's projection E was created with shape {tuple(stored)} = [heads, k, length] "
+            f"(length is fixed at initialisation) but the inputs need {shape}: the runtime length "
+            f"{length} differs from the length at initialisation {stored[2]}. Pad or crop the "
+            f"inputs to {stored[2]} tokens, or initialise the model at length {length}.")
+    if self.trainable_projection:
+      projection = self.param("projection", nn.initializers.normal(PROJECTION_STDDEV), shape,
+                              jnp.float32)
+    else:
+      projection = self.variable(
+          "constants", "projection",
+          lambda: linformer_projection(self.make_rng(registry.ATTENTION_RNG), *shape)).value
+    return linformer_attention(query, key, value, mask, projection=projection)
+
+
+# Contract-test inputs have length 24: k = 8 is a genuine reduction.
+registry.register("linformer", linformer_attention, LinformerAttention,
+                  small_input_kwargs=dict(linformer_k=8))

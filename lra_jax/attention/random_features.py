@@ -1,0 +1,330 @@
+"""Random-feature attention: Performer (FAVOR+) and its reusable pieces.
+
+Choromanski et al., "Rethinking Attention with Performers" (ICLR 2021):
+softmax attention's kernel exp(q.k / sqrt(d)) is estimated without bias by
+positive random features (Lemma 1, eq. 7 with h(x) = exp(-||x||^2 / 2)),
+  phi(x) = m^(-1/2) exp(W x - ||x||^2 / 2),  E[phi(q).phi(k)] = exp(q.k),
+with q, k scaled by d^(-1/4) and the m rows of W orthogonal Gaussian
+directions (§2.4, "ORFs"); attention is then linear in the length (eq. 4,
+bidirectional case): out = D^(-1) phi(Q) (phi(K)^T V), D = diag(phi(Q) phi(K)^T 1).
+
+Reusable pieces (Spectraformer's other feature maps plug into the same ones):
+* `gaussian_orthogonal_random_matrix`: the projection sampler;
+* `favor_plus_features`: the positive softmax-kernel feature map;
+* `linear_attention`: generic non-causal normalised linear attention over
+  precomputed features, with padded keys out of numerator and denominator.
+
+Reference code: lucidrains performer-pytorch `FastAttention` as wrapped by
+`attention_performer.PerformerAttention` of pkuzengqi/Skyformer
+(skyformer_skeinformer.md §1.6, nystromformer_and_peers.md §3) and the
+official JAX `fast_attention.py` (nystromformer_and_peers.md §5).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lra_jax.attention import registry
+
+PROJECTION_SCALINGS = (0, 1)
+
+
+# Jitted as a whole: op-by-op, compiling the batched QR alone takes seconds.
+@functools.partial(jax.jit, static_argnames=("num_features", "dim", "scaling"))
+def gaussian_orthogonal_random_matrix(key: jax.Array, num_features: int, dim: int,
+                                      scaling: int = 0) -> jax.Array:
+  """Orthogonal Gaussian random projection (Performer §2.4, `gaussian_orthogonal_random_matrix`).
+
+  ceil(num_features / dim) independent blocks, each a Haar-random dim x dim
+  orthogonal matrix (QR of a Gaussian matrix with the signs of R's diagonal
+  moved into Q, Mezzadri 2007), stacked and cut to num_features rows; so the
+  rows inside a block are orthonormal and every row is a uniform direction.
+  The rows are then rescaled:
+    scaling 0: by the norms of the rows of an independent [num_features, dim]
+      Gaussian matrix (chi_dim distributed), so that each row is marginally
+      N(0, I_dim), as the estimator's unbiasedness needs;
+    scaling 1: by sqrt(dim) for every row.
+
+  Randomness: `key` is split in two; the first drives the Gaussian blocks
+  (one [blocks, dim, dim] draw), the second the row norms.
+
+  Args:
+    key: PRNG key of the draw.
+    num_features: number of rows m (random features).
+    dim: number of columns d (head_dim).
+    scaling: 0 or 1, see above.
+
+  Returns:
+    [num_features, dim] float32.
+
+  Raises:
+    ValueError: non-positive sizes or an unknown scaling.
+  """
+  for name, size in (("num_features", num_features), ("dim", dim)):
+    if not isinstance(size, int) or size <= 0:
+      raise ValueError(f"{name} must be a positive integer, got {size!r}.")
+  if scaling not in PROJECTION_SCALINGS:
+    raise ValueError(f"Invalid projection scaling {scaling!r}; valid: 0 (chi row norms) or "
+                     f"1 (sqrt(dim) row norms).")
+  block_key, norm_key = jax.random.split(key)
+  num_blocks = -(-num_features // dim)
+  gaussian = jax.random.normal(block_key, (num_blocks, dim, dim), jnp.float32)
+  q, r = jnp.linalg.qr(gaussian)
+  # LAPACK's Householder QR makes R's diagonal sign depend on the input, which
+  # biases Q (e.g. the first column always has a non-positive first entry);
+  # fixing the signs gives the Haar measure. The reference skips this step.
+  q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+  blocks = jnp.swapaxes(q, -1, -2).reshape(num_blocks * dim, dim)[:num_features]
+  if scaling == 0:
+    multiplier = jnp.linalg.norm(jax.random.normal(norm_key, (num_features, dim), jnp.float32),
+                                 axis=-1)
+  else:
+    multiplier = jnp.full((num_features,), jnp.sqrt(jnp.float32(dim)))
+  return multiplier[:, None] * blocks
+
+
+def favor_plus_features(x: jax.Array, projection: jax.Array, is_query: bool, *,
+                        mask: jax.Array | None = None, numerical_stabilizer: float = 1e-4,
+                        data_normalizer: float | None = None,
+                        global_key_stabilizer: bool = False) -> jax.Array:
+  """Positive random features of the softmax kernel (FAVOR+, Performer Lemma 1).
+
+  With x_hat = data_normalizer * x and u = W x_hat:
+    phi(x) = m^(-1/2) (exp(u - ||x_hat||^2 / 2 - stab) + numerical_stabilizer).
+  stab is a constant that cancels in the normalised attention (except through
+  `numerical_stabilizer`) and only keeps exp finite, under `stop_gradient`:
+    queries: the max of u over the m features, per query;
+    keys: the max of u over the real keys and the features, per (batch, head)
+      (the paper and the official JAX code take it over the whole key tensor of
+      a (batch, head), padded keys included), or with `global_key_stabilizer`
+      over the whole [batch, length, heads, m] tensor, padded keys included (the
+      lucidrains reference; couples the examples of a batch).
+  Padded keys are zeroed before the features (as the reference does), so no
+  garbage there can overflow; their features are NOT zeroed here (see
+  `linear_attention`, which masks them).
+
+  Args:
+    x: [batch, length, heads, head_dim] queries or keys.
+    projection: [m, head_dim] random matrix W (rows w_i ~ N(0, I) marginally).
+    is_query: query (per-row stabiliser) or key (per-(batch, head) stabiliser).
+    mask: [batch, length] bool, True for real tokens; keys only (None: all real).
+    numerical_stabilizer: eps added to every feature (lucidrains reference
+      1e-4; the official JAX softmax factory uses 1e-6).
+    data_normalizer: scale of x; None means head_dim^(-1/4), so that
+      E[phi(q).phi(k)] is proportional to exp(q.k / sqrt(head_dim)).
+    global_key_stabilizer: the reference's key max over the whole tensor.
+
+  Returns:
+    [batch, length, heads, m] float32.
+  """
+  head_dim = x.shape[-1]
+  if projection.ndim != 2 or projection.shape[1] != head_dim:
+    raise ValueError(f"The projection must be [num_features, head_dim] = [m, {head_dim}], got "
+                     f"shape {projection.shape}.")
+  if data_normalizer is None:
+    data_normalizer = head_dim ** -0.25
+  x = data_normalizer * x.astype(jnp.float32)
+  if mask is not None and not is_query:
+    x = jnp.where(mask[:, :, None, None], x, 0.0)
+  projection = projection.astype(jnp.float32)
+  u = jnp.einsum("bnhd,md->bnhm", x, projection, preferred_element_type=jnp.float32)
+  half_squared_norm = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+  if is_query:
+    stab = jnp.max(u, axis=-1, keepdims=True)
+  elif global_key_stabilizer:
+    stab = jnp.max(u)
+  else:
+    real_u = u if mask is None else jnp.where(mask[:, :, None, None], u, -jnp.inf)
+    stab = jnp.max(real_u, axis=(1, 3), keepdims=True)
+    # A (batch, head) without real keys has stab -inf; any finite value works.
+    stab = jnp.where(jnp.isfinite(stab), stab, 0.0)
+  stab = jax.lax.stop_gradient(stab)
+  ratio = projection.shape[0] ** -0.5
+  return ratio * (jnp.exp(u - half_squared_norm - stab) + numerical_stabilizer)
+
+
+def linear_attention(query_features: jax.Array, key_features: jax.Array, value: jax.Array,
+                     mask: jax.Array | None = None) -> jax.Array:
+  """Non-causal normalised linear attention (Performer eq. 4, bidirectional).
+
+  out_i = phi(q_i)^T (sum_j M_j phi(k_j) v_j^T) / (phi(q_i)^T sum_j M_j phi(k_j)),
+  computed as phi(Q) (phi(K)^T V) in O(n m d): no [n, n] matrix. Padded keys
+  (M_j = 0) are out of both the numerator and the denominator; their values
+  are zeroed too, so garbage there cannot leak. A query with no real key gets
+  a zero output.
+
+  Args:
+    query_features: [batch, q_length, heads, m], nonnegative.
+    key_features: [batch, kv_length, heads, m], nonnegative.
+    value: [batch, kv_length, heads, head_dim].
+    mask: [batch, kv_length] bool, True for real keys; None means all real.
+
+  Returns:
+    [batch, q_length, heads, head_dim] in `value.dtype`, computed in float32.
+  """
+  out_dtype = value.dtype
+  key_features = key_features.astype(jnp.float32)
+  value = value.astype(jnp.float32)
+  if mask is not None:
+    real = mask[:, :, None, None]
+    key_features = jnp.where(real, key_features, 0.0)
+    value = jnp.where(real, value, 0.0)
+  query_features = query_features.astype(jnp.float32)
+  context = jnp.einsum("bnhm,bnhd->bhmd", key_features, value, preferred_element_type=jnp.float32)
+  numerator = jnp.einsum("bnhm,bhmd->bnhd", query_features, context,
+                         preferred_element_type=jnp.float32)
+  key_sum = jnp.sum(key_features, axis=1)  # [batch, heads, m]
+  denominator = jnp.einsum("bnhm,bhm->bnh", query_features, key_sum,
+                           preferred_element_type=jnp.float32)
+  # Zero only when there is no real key (then the numerator is zero too).
+  denominator = jnp.maximum(denominator, jnp.finfo(jnp.float32).tiny)
+  return (numerator / denominator[..., None]).astype(out_dtype)
+
+
+def performer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
+                        rng: jax.Array | None = None, projection: jax.Array | None = None,
+                        nb_features: int | None = None, numerical_stabilizer: float = 1e-4,
+                        double_scaling: bool = False, padded_keys_in_denominator: bool = False,
+                        global_key_stabilizer: bool = False) -> jax.Array:
+  """Performer FAVOR+ attention (Choromanski et al. 2021), O(n m d).
+
+  Approximates softmax attention softmax(Q K^T / sqrt(d) + key mask) V with
+  `favor_plus_features` of q and k (data_normalizer d^(-1/4)) and
+  `linear_attention` (padded keys out of numerator and denominator).
+
+  Args:
+    query: [batch, q_length, heads, head_dim].
+    key: [batch, kv_length, heads, head_dim].
+    value: [batch, kv_length, heads, head_dim].
+    mask: [batch, kv_length] bool, True for real tokens; queries are not
+      masked (outputs at padded positions are unused).
+    rng: PRNG key of the projection W, drawn with
+      `gaussian_orthogonal_random_matrix(rng, nb_features, head_dim, 0)`; used
+      only when `projection` is None (the module passes its own W or key).
+    projection: [m, head_dim] random matrix; None draws one from `rng`.
+    nb_features: number of random features m. With `projection` None it sets
+      the drawn W's rows (None means 128, the reference rp_dim); with a
+      projection it must equal projection.shape[0] or be None.
+    numerical_stabilizer: eps added to every feature (reference 1e-4).
+    double_scaling: the reference quirk: q and k are scaled by d^(-1/4) twice
+      (once by the wrapper, once by the feature map), so the estimated kernel
+      is exp(q.k / d) instead of exp(q.k / sqrt(d)).
+    padded_keys_in_denominator: the reference quirk: padded keys (zero
+      vectors) keep their features m^(-1/2) (exp(-stab) + eps) in the
+      normaliser (their values are zero, so not in the numerator); real
+      outputs then depend on the amount of padding.
+    global_key_stabilizer: the reference quirk: the key stabiliser is the max
+      over the whole key tensor (all batch elements and heads).
+
+  Returns:
+    [batch, q_length, heads, head_dim] in `value.dtype`. Features, exponentials
+    and the products are computed in float32.
+
+  Raises:
+    ValueError: a missing key or projection, or a projection of the wrong shape.
+  """
+  head_dim = query.shape[-1]
+  if projection is None:
+    if rng is None:
+      raise ValueError("performer_attention needs a random projection or a PRNG key to draw one: "
+                       "pass projection=[nb_features, head_dim] or rng=jax.random.key(...).")
+    projection = gaussian_orthogonal_random_matrix(
+        rng, 128 if nb_features is None else nb_features, head_dim, scaling=0)
+  if nb_features is not None and projection.shape[0] != nb_features:
+    raise ValueError(f"nb_features={nb_features} disagrees with the projection's "
+                     f"{projection.shape[0]} rows; pass nb_features=None with an explicit projection.")
+  projection = jax.lax.stop_gradient(projection)
+  data_normalizer = head_dim ** (-0.5 if double_scaling else -0.25)
+  query_features = favor_plus_features(query, projection, True, data_normalizer=data_normalizer,
+                                       numerical_stabilizer=numerical_stabilizer)
+  key_features = favor_plus_features(key, projection, False, mask=mask,
+                                     data_normalizer=data_normalizer,
+                                     numerical_stabilizer=numerical_stabilizer,
+                                     global_key_stabilizer=global_key_stabilizer)
+  if padded_keys_in_denominator:
+    value = jnp.where(mask[:, :, None, None], value, jnp.zeros((), value.dtype))
+    return linear_attention(query_features, key_features, value, mask=None)
+  return linear_attention(query_features, key_features, value, mask=mask)
+
+
+class PerformerAttention(nn.Module):
+  """Module around `performer_attention`; the projection is redrawn or a constant.
+
+  Randomness: with `redraw_features` (default) a fresh orthogonal projection
+  is drawn on every call, training and evaluation alike, from the
+  `registry.ATTENTION_RNG` stream (the paper's redrawing, §4.2, and the
+  official JAX default). Without it the projection is drawn once at init from
+  that stream and kept in the non-trainable 'constants' collection as
+  'projection' [nb_features, head_dim] (the reference's registered buffer).
+
+  Reference quirks (Skyformer's wrapper of lucidrains performer-pytorch) and
+  how to reproduce them:
+    * Projection drawn once at construction, never redrawn:
+      `redraw_features=False`.
+    * q and k scaled by d^(-1/4) twice, so the estimated logits are q.k / d:
+      `double_scaling=True`.
+    * Padded keys (zero vectors) still in the normaliser:
+      `padded_keys_in_denominator=True`.
+    * Key stabiliser = max over the whole key tensor, coupling the examples
+      of a batch through eps: `global_key_stabilizer=True` (default: per
+      (batch, head) over real keys; the paper / official JAX per (batch, head)
+      over all keys).
+    * eps 1e-4: `numerical_stabilizer=1e-4` (default here too; the official
+      JAX softmax factory uses 1e-6).
+    * `kernel_type` ('exp' / 'relu') is ignored by the reference (FAVOR+
+      positive features always run): not a field here.
+    * No attention dropout: `dropout_rate` is accepted for the registry
+      protocol and ignored.
+  Difference not reproduced: the reference's (and the official code's)
+  QR-based blocks lack the sign correction, so their directions are not
+  uniform (see `gaussian_orthogonal_random_matrix`).
+
+  Attributes:
+    dropout_rate: ignored (see above).
+    nb_features: number of random features m (reference rp_dim: 128).
+    redraw_features: fresh projection per call (True) or fixed at init.
+    numerical_stabilizer: eps added to every feature.
+    double_scaling: the reference's extra d^(-1/4) scaling.
+    padded_keys_in_denominator: the reference's unmasked normaliser.
+    global_key_stabilizer: the reference's whole-tensor key max.
+  """
+
+  dropout_rate: float = 0.0
+  nb_features: int = 128
+  redraw_features: bool = True
+  numerical_stabilizer: float = 1e-4
+  double_scaling: bool = False
+  padded_keys_in_denominator: bool = False
+  global_key_stabilizer: bool = False
+
+  @nn.compact
+  def __call__(self, query, key, value, mask, *, deterministic: bool):
+    del deterministic
+    shape = (self.nb_features, query.shape[-1])
+    if self.redraw_features:
+      projection = gaussian_orthogonal_random_matrix(
+          self.make_rng(registry.ATTENTION_RNG), *shape, scaling=0)
+    else:
+      if self.has_variable("constants", "projection"):
+        stored = tuple(self.get_variable("constants", "projection").shape)
+        if stored != shape:
+          raise ValueError(f"Performer's fixed projection has shape {stored} = [nb_features, "
+                           f"head_dim] but the inputs need {shape}: re-initialise the model.")
+      projection = self.variable(
+          "constants", "projection",
+          lambda: gaussian_orthogonal_random_matrix(self.make_rng(registry.ATTENTION_RNG), *shape,
+                                                    scaling=0)).value
+    return performer_attention(
+        query, key, value, mask, projection=projection,
+        numerical_stabilizer=self.numerical_stabilizer, double_scaling=self.double_scaling,
+        padded_keys_in_denominator=self.padded_keys_in_denominator,
+        global_key_stabilizer=self.global_key_stabilizer)
+
+
+# Contract-test inputs have head_dim 8: 16 features are two orthogonal blocks.
+registry.register("performer", performer_attention, PerformerAttention,
+                  small_input_kwargs=dict(nb_features=16))

@@ -22,14 +22,10 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from lra_jax.attention import ATTENTION_RNG
+from lra_jax.attention import ATTENTION_RNG, CONSTANTS
 from lra_jax.metrics import ClassificationMetrics
 
 Batch = dict[str, jax.Array]
-
-# Linen collection of non-trainable variables fixed at initialisation.
-CONSTANTS = "constants"
-
 
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus the model's non-trainable `constants` collection."""

@@ -62,6 +62,27 @@ def test_resume_reaches_the_same_parameters_as_one_run(data_dir, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, _params(resumed), _params(uninterrupted))
 
 
+def test_constants_are_fixed_checkpointed_and_restored(data_dir, tmp_path):
+  # Performer with features drawn once at initialisation: a 'constants' variable.
+  def config(**overrides):
+    c = tiny_config(data_dir, **overrides)
+    c.model.attention = "performer"
+    c.model.attention_kwargs.update(nb_features=8, redraw_features=False)
+    return c
+
+  run = trainer.Run(config(), tmp_path / "straight")
+  initial = jax.tree.map(np.asarray, run.initial_state.constants)
+  assert jax.tree.leaves(initial), "performer with redraw_features=False has no constants"
+  uninterrupted = trainer.train_and_evaluate(config(), tmp_path / "straight")
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.tree.map(np.asarray, uninterrupted.constants), initial)  # never trained
+
+  trainer.train_and_evaluate(config(num_train_steps=3), tmp_path / "resumed")
+  resumed = trainer.train_and_evaluate(config(), tmp_path / "resumed")
+  jax.tree.map(np.testing.assert_array_equal, _params(resumed), _params(uninterrupted))
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, resumed.constants), initial)
+
+
 def _one_step(config, mesh, batch):
   model = models.create_model(config)
   state = trainer.create_train_state(config, model, jax.random.key(0), mesh)

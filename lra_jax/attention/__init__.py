@@ -17,14 +17,14 @@ from lra_jax.attention.multihead import MultiHeadAttention
 from lra_jax.attention.nystrom import (NystromAttention, SkyformerAttention, nystrom_attention,
                                        skyformer_attention)
 from lra_jax.attention.random_features import PerformerAttention, performer_attention
-from lra_jax.attention.registry import (ATTENTION_RNG, AttentionMethod, default_hyperparameters, get,
-                                        get_method, names)
+from lra_jax.attention.registry import (ATTENTION_RNG, CONSTANTS, AttentionMethod,
+                                        default_hyperparameters, get, get_method, names)
 from lra_jax.attention.softmax import SoftmaxAttention, softmax_attention
 from lra_jax.attention.sparse import (BigBirdAttention, InformerAttention, bigbird_attention,
                                       informer_attention)
 
 __all__ = [
-    "ATTENTION_RNG", "AttentionMethod", "BigBirdAttention", "InformerAttention",
+    "ATTENTION_RNG", "AttentionMethod", "CONSTANTS", "BigBirdAttention", "InformerAttention",
     "KernelizedAttention", "LinformerAttention", "MultiHeadAttention", "NystromAttention",
     "PerformerAttention", "ReformerAttention", "SkyformerAttention", "SoftmaxAttention",
     "bigbird_attention", "default_hyperparameters", "get", "get_method", "informer_attention",

@@ -149,7 +149,7 @@ class LinformerAttention(nn.Module):
     _check_positive("linformer_k", self.linformer_k)
     heads, length = key.shape[2], key.shape[1]
     shape = (heads, self.linformer_k, length)
-    collection = "params" if self.trainable_projection else "constants"
+    collection = "params" if self.trainable_projection else registry.CONSTANTS
     if self.has_variable(collection, "projection"):
       stored = self.get_variable(collection, "projection").shape
       if tuple(stored) != shape:
@@ -163,7 +163,7 @@ class LinformerAttention(nn.Module):
                               jnp.float32)
     else:
       projection = self.variable(
-          "constants", "projection",
+          registry.CONSTANTS, "projection",
           lambda: linformer_projection(self.make_rng(registry.ATTENTION_RNG), *shape)).value
     return linformer_attention(query, key, value, mask, projection=projection)
 

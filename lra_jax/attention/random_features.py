@@ -309,13 +309,13 @@ class PerformerAttention(nn.Module):
       projection = gaussian_orthogonal_random_matrix(
           self.make_rng(registry.ATTENTION_RNG), *shape, scaling=0)
     else:
-      if self.has_variable("constants", "projection"):
-        stored = tuple(self.get_variable("constants", "projection").shape)
+      if self.has_variable(registry.CONSTANTS, "projection"):
+        stored = tuple(self.get_variable(registry.CONSTANTS, "projection").shape)
         if stored != shape:
           raise ValueError(f"Performer's fixed projection has shape {stored} = [nb_features, "
                            f"head_dim] but the inputs need {shape}: re-initialise the model.")
       projection = self.variable(
-          "constants", "projection",
+          registry.CONSTANTS, "projection",
           lambda: gaussian_orthogonal_random_matrix(self.make_rng(registry.ATTENTION_RNG), *shape,
                                                     scaling=0)).value
     return performer_attention(

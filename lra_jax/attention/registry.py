@@ -9,7 +9,8 @@ Module protocol: a registered module class is constructed as
 `module(query, key, value, mask, *, deterministic)` with arrays
 `[batch, length, heads, head_dim]` and `mask` `[batch, length]` (True = real
 token); it returns `[batch, length, heads, head_dim]`. Random draws other than
-dropout come from the RNG stream `ATTENTION_RNG`; dropout from `'dropout'`.
+dropout come from the RNG stream `ATTENTION_RNG`; dropout from `'dropout'`. Draws fixed at initialisation live in the
+variable collection `CONSTANTS`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from lra_jax import errors
 # RNG stream for landmarks, random features, hashing and sampling. The trainer
 # provides it in training and evaluation alike (some methods redraw per call).
 ATTENTION_RNG = "attention"
+# Variable collection of random draws fixed at initialisation and never
+# trained (the references' buffers); the train state carries and checkpoints it.
+CONSTANTS = "constants"
 
 
 @dataclasses.dataclass(frozen=True)

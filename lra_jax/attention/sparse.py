@@ -587,8 +587,8 @@ class BigBirdAttention(nn.Module):
       random_blocks = draw()
     else:
       shape = (heads, max(_num_blocks(length, self.block_size) - 2, 0), self.num_random_blocks)
-      if self.has_variable("constants", "random_blocks"):
-        stored = tuple(self.get_variable("constants", "random_blocks").shape)
+      if self.has_variable(registry.CONSTANTS, "random_blocks"):
+        stored = tuple(self.get_variable(registry.CONSTANTS, "random_blocks").shape)
         if stored != shape:
           raise ValueError(
               f"BigBird's fixed random pattern was drawn with shape {stored} = [heads, "
@@ -596,7 +596,7 @@ class BigBirdAttention(nn.Module):
               f"initialisation) but the inputs (length {length}, block_size {self.block_size}) "
               f"need {shape}: initialise the model at this length, pad or crop the inputs to the "
               f"initialisation length, or use random_pattern='per_call'.")
-      random_blocks = self.variable("constants", "random_blocks", draw).value
+      random_blocks = self.variable(registry.CONSTANTS, "random_blocks", draw).value
     return bigbird_attention(query, key, value, mask, block_size=self.block_size,
                              num_random_blocks=self.num_random_blocks, random_blocks=random_blocks)
 

@@ -254,7 +254,7 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
                        rng: jax.Array | None = None, num_hash: int = 2, chunk_length: int = 64,
                        num_chunks_before: int = 1, num_chunks_after: int = 0,
                        num_buckets: int | tuple[int, ...] | None = None,
-                       correct_duplicates: bool = False,
+                       correct_duplicates: bool = True,
                        dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
   """Reformer LSH self-attention with shared queries and keys (Kitaev et al. 2020, §2-3).
 
@@ -289,8 +289,7 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
       batch), the only random draw besides dropout; required unless
       length <= chunk_length.
     num_hash: hash rounds (reference: 2).
-    chunk_length: tokens per chunk (reference: 64). The length must be a
-      multiple of it, or at most it.
+    chunk_length: tokens per chunk (reference: 64).
     num_chunks_before: previous chunks each chunk attends to (reference: 1).
     num_chunks_after: following chunks each chunk attends to (reference: 0).
     num_buckets: buckets per round, even, or a tuple of even factors
@@ -299,7 +298,8 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
     correct_duplicates: subtract log N_ij from every logit, N_ij being how
       often key j occurs in query i's windows over all rounds (paper App. A's
       m_ij = log N_ij), so the rounds combine into one softmax over the union
-      of the windows. Off in the reference (HF), so off by default.
+      of the windows (the paper's maths, default). False reproduces the
+      reference (HF), which leaves it out.
     dropout_rate: dropout on the attention weights of each round (after the
       log-sum-exp weights are taken, as HF does; reference: 0.0).
     dropout_rng: PRNG key of the dropout mask; None means no dropout.
@@ -308,9 +308,12 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
     [batch, length, heads, head_dim] in `value.dtype`. Logits, softmaxes and
     the round combination are computed in float32.
 
+  Lengths that are not a multiple of chunk_length (the official protocol's
+  n + 1 with its CLS token) are padded with masked positions to the next
+  multiple (HF requires a multiple; the PyTorch LRA lengths are powers of two).
+
   Raises:
-    ValueError: bad hyper-parameters, a length that is neither a multiple of
-      chunk_length nor at most chunk_length, or a missing rng.
+    ValueError: bad hyper-parameters or a missing rng.
   """
   del key  # Shared-QK: the keys are the normalised queries.
   if query.shape != value.shape or query.ndim != 4 or mask.shape != query.shape[:2]:
@@ -323,10 +326,16 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
   if length <= chunk_length:
     return _full_shared_qk_attention(query, value, mask, dropout_rate, dropout_rng).astype(value.dtype)
   if length % chunk_length:
-    raise ValueError(f"reformer needs a sequence length that is a multiple of chunk_length (or at "
-                     f"most chunk_length): length {length}, chunk_length {chunk_length}. Pad the "
-                     f"inputs to a multiple of {chunk_length} or choose a chunk_length dividing "
-                     f"{length}.")
+    # Masked positions up to the next multiple of chunk_length: they hash to
+    # the padding bucket, after every real token, and are never attended to.
+    extra = chunk_length - length % chunk_length
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+    return reformer_attention(
+        pad(query), None, pad(value), pad(mask), rng=rng, num_hash=num_hash,
+        chunk_length=chunk_length, num_chunks_before=num_chunks_before,
+        num_chunks_after=num_chunks_after, num_buckets=num_buckets,
+        correct_duplicates=correct_duplicates, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng)[:, :length]
   if num_buckets is None:
     num_buckets = default_num_buckets(length, chunk_length)
   total_buckets = num_buckets_total(num_buckets)
@@ -397,9 +406,9 @@ class ReformerAttention(nn.Module):
   Reference quirks (HF transformers 4.5.0 `LSHSelfAttention` via Skyformer's
   `attention_reformer.LSHAttention`) and how to reproduce them:
     * The rounds are combined without correcting for keys seen in several
-      windows (the paper's App. A subtracts log N_ij): reproduced by default
-      (`correct_duplicates=False`); `correct_duplicates=True` gives the
-      paper's softmax over the union of the windows. Here N_ij counts
+      windows (the paper's App. A subtracts log N_ij), so such keys weigh
+      more: `correct_duplicates=False`. The default (True) is the paper's
+      softmax over the union of the windows. Here N_ij counts
       occurrences, which equals the paper's count of rounds whenever no
       window holds a key twice.
     * Chunks look cyclically over the concatenation of the hash rounds (the
@@ -430,8 +439,9 @@ class ReformerAttention(nn.Module):
     chunk_length: tokens per chunk (reference: 64).
     num_chunks_before: previous chunks attended (reference: 1).
     num_chunks_after: following chunks attended (reference: 0).
-    num_buckets: buckets per round (even), a tuple of even factors, or None
-      for HF's automatic rule (`default_num_buckets`).
+    num_buckets: buckets per round (even), or None for HF's automatic rule
+      (`default_num_buckets`, factorised above 4096 tokens at chunk 64); the
+      pure function also takes a tuple of factors.
     correct_duplicates: the paper's log N_ij correction (off in the reference).
   """
 
@@ -440,8 +450,8 @@ class ReformerAttention(nn.Module):
   chunk_length: int = 64
   num_chunks_before: int = 1
   num_chunks_after: int = 0
-  num_buckets: int | tuple[int, ...] | None = None
-  correct_duplicates: bool = False
+  num_buckets: int | None = None
+  correct_duplicates: bool = True
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):

@@ -207,7 +207,7 @@ def test_duplicate_correction_is_exact_when_every_window_covers_the_sequence():
                   num_chunks_before=1, num_chunks_after=1, num_buckets=4)
     corrected = _reformer(q, k, v, mask, correct_duplicates=True, **kwargs)
     np.testing.assert_allclose(_real(corrected, mask), exact, rtol=1e-5, atol=1e-5)
-    plain = _reformer(q, k, v, mask, **kwargs)
+    plain = _reformer(q, k, v, mask, correct_duplicates=False, **kwargs)
     assert np.max(np.abs(_real(plain, mask) - exact)) > 1e-3
 
 
@@ -335,7 +335,7 @@ def test_default_num_buckets_follows_hf():
   assert lsh.default_num_buckets(64, 64) == 2
   assert attention.default_hyperparameters("reformer") == dict(
       num_hash=2, chunk_length=64, num_chunks_before=1, num_chunks_after=0, num_buckets=None,
-      correct_duplicates=False)
+      correct_duplicates=True)
   q, k, v, mask = _inputs()
   np.testing.assert_array_equal(
       _reformer(q, k, v, mask, rng=jax.random.key(0), chunk_length=4),
@@ -344,7 +344,6 @@ def test_default_num_buckets_follows_hf():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(chunk_length=5), "multiple of chunk_length"),
     (dict(chunk_length=4, num_buckets=5), "even"),
     (dict(chunk_length=4, num_buckets=0), "even"),
     (dict(chunk_length=4, num_buckets=(4, 3)), "even"),
@@ -358,17 +357,29 @@ def test_bad_hyperparameters_raise_clear_errors(kwargs, message):
     attention.reformer_attention(q, k, v, mask, rng=jax.random.key(0), **kwargs)
 
 
+def test_lengths_off_the_chunk_grid_are_padded_with_masked_positions():
+  # Length 22 with chunks of 4: the same as the length-24 call whose last two
+  # positions are padding (they hash to the padding bucket either way).
+  q, k, v, mask = _inputs(length=24, lengths=(22, 15))
+  kwargs = dict(rng=jax.random.key(5), chunk_length=4, num_buckets=4)
+  short = _reformer(q[:, :22], k[:, :22], v[:, :22], mask[:, :22], **kwargs)
+  padded = _reformer(q, k, v, mask, **kwargs)
+  assert short.shape == (2, 22, 2, 8)
+  np.testing.assert_allclose(_real(short, mask[:, :22]), _real(padded[:, :22], mask[:, :22]),
+                             rtol=1e-6, atol=1e-6)
+
+
 def test_missing_rng_is_an_error():
   q, k, v, mask = _inputs()
   with pytest.raises(ValueError, match="PRNG key"):
     attention.reformer_attention(q, k, v, mask, chunk_length=4)
 
 
-def test_nothing_quadratic_is_built():
-  length, batch, heads = 256, 2, 2
-  q, k, v, mask = _inputs(length=length, lengths=(256, 100))
+def _largest_intermediate(length, correct_duplicates):
+  q, k, v, mask = _inputs(length=length, lengths=(length, length // 3))
   jaxpr = jax.make_jaxpr(lambda q, v: jax.grad(lambda q, v: jnp.sum(attention.reformer_attention(
-      q, k, v, mask, rng=jax.random.key(0), chunk_length=16) ** 2), argnums=(0, 1))(q, v))(q, v)
+      q, k, v, mask, rng=jax.random.key(0), chunk_length=16, num_buckets=8,
+      correct_duplicates=correct_duplicates) ** 2), argnums=(0, 1))(q, v))(q, v)
 
   def sizes(jaxpr):
     for eqn in jaxpr.eqns:
@@ -379,8 +390,16 @@ def test_nothing_quadratic_is_built():
         if inner is not None:
           yield from sizes(getattr(inner, "jaxpr", inner))
 
-  # Chunked logits are [b, h, 2 x 16 chunks, 16, 32]: a quarter of n^2.
-  assert max(sizes(jaxpr.jaxpr)) <= batch * heads * length * length // 4
+  return max(sizes(jaxpr.jaxpr))
+
+
+@pytest.mark.parametrize("correct_duplicates", [False, True])
+def test_nothing_quadratic_is_built(correct_duplicates):
+  # Doubling the length at most doubles every intermediate, forward and backward.
+  small, large = (_largest_intermediate(n, correct_duplicates) for n in (256, 512))
+  assert large <= 2 * small
+  if not correct_duplicates:  # chunked logits [b, h, 2 x 16 chunks, 16, 32]: n^2 / 4 here
+    assert small <= 2 * 2 * 256 * 256 // 4
 
 
 def test_bfloat16_keeps_softmax_in_float32():

@@ -28,6 +28,11 @@ setuptools.setup(
         "tensorflow-cpu==2.21.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
         "tensorflow==2.21.0; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
         "tensorflow-datasets==4.9.10",
+        # TFDS 4.9.10 imports it on every Python but declares it only for < 3.9
+        # (tensorflow/datasets#11212); building our own datasets needs it.
+        "importlib_resources==7.1.0",
+        # Progress bars of the preparation scripts.
+        "tqdm==4.70.1",
         # clu.metric_writers needs it and TF no longer depends on it.
         "tensorboard==2.21.0",
     ],

@@ -49,11 +49,15 @@ TASKS = {
     "text": TaskSpec(vocab_size=257, num_classes=2, max_length=1000, dual_encoder=False),
     # AAN pairs, bytes + 1, 4000 per document (§1.3).
     "retrieval": TaskSpec(vocab_size=257, num_classes=2, max_length=4000, dual_encoder=True),
-    # Grayscale CIFAR-10 pixels as tokens, 32x32 (§1.4).
-    "image": TaskSpec(vocab_size=256, num_classes=10, max_length=1024, dual_encoder=False),
-    # Pathfinder-32, hardest difficulty, pixels as tokens (§1.5).
-    "pathfinder": TaskSpec(vocab_size=256, num_classes=2, max_length=1024, dual_encoder=False),
+    # Grayscale CIFAR-10 pixels as tokens, 32x32 (§1.4); ids pixel + 1 (the
+    # official ids = pixel, vocab 256, with data.black_pixels_are_padding).
+    "image": TaskSpec(vocab_size=257, num_classes=10, max_length=1024, dual_encoder=False),
+    # Pathfinder-32, hardest difficulty, pixels as tokens (§1.5), ids as image.
+    "pathfinder": TaskSpec(vocab_size=257, num_classes=2, max_length=1024, dual_encoder=False),
 }
+
+# Tasks whose tokens are pixels (lra_jax/data/pixels.py).
+PIXEL_TASKS = ("image", "pathfinder")
 
 PROTOCOLS = ("official", "pytorch_lra")
 
@@ -79,6 +83,16 @@ def _attention_kwargs(attention: str) -> ml_collections.ConfigDict:
   return kwargs
 
 
+def _pixel_vocab_size(data: ml_collections.ConfigDict) -> ml_collections.FieldReference:
+  """257 (ids = pixel + 1), or 256 when data.black_pixels_are_padding (ids = pixel).
+
+  A reference, not a number, so the vocab follows the option when it is set
+  after get_config (on the command line); setting model.vocab_size itself
+  still overrides it.
+  """
+  return 257 - data.get_ref("black_pixels_are_padding").to_int()
+
+
 def _common(task: str, attention: str, protocol: str) -> ml_collections.ConfigDict:
   """Fields shared by every task and protocol, with their documentation."""
   spec = TASKS[task]
@@ -91,23 +105,61 @@ def _common(task: str, attention: str, protocol: str) -> ml_collections.ConfigDi
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  # Directory holding the task's files (ListOps: basic_{train,val,test}.tsv).
+  # Where examples come from: 'tfds' (our readers: the TFDS datasets and
+  # release files below) or 'lra_processed' (the PyTorch LRA harness's
+  # pickles in lra_processed_dir, as Skyformer & co. publish them; ids,
+  # lengths and checks in lra_jax/data/lra_processed.py).
+  c.data.source = "tfds"
+  # Directory of lra-<task>.{train,dev,test}.pickle, read when source is
+  # 'lra_processed' (preprocess/convert_lra_processed.py writes them).
+  c.data.lra_processed_dir = ""
+  # TFDS data directory holding the prepared datasets ('' = TFDS's default);
+  # for ListOps also a directory of basic_{train,val,test}.tsv. Nothing is
+  # ever downloaded into it (preprocess/build_tfds.py prepares it).
   c.data.data_dir = ""
+  if task in ("listops", "retrieval", "pathfinder"):
+    # The extracted LRA release (nested or flat), or generated data in its
+    # layout: the lra_<task> TFDS dataset is prepared from it into data_dir on
+    # first use when missing there. '' = <data_dir>/downloads/manual.
+    c.data.release_dir = ""
   # Tokens kept per example (per document for retrieval); longer ones are cut.
   c.data.max_length = spec.max_length
   # Every batch is padded to this length (>= max_length).
   c.data.padded_length = spec.max_length
+  if task == "retrieval":
+    # Bytes of each raw document kept before tokenising (official: 10,000).
+    c.data.max_document_bytes = 10_000
+  if task in PIXEL_TASKS:
+    # Token id = pixel value, so black pixels are padding and masked out (the
+    # official and PyTorch LRA quirk, vocab 256), instead of pixel + 1 (vocab
+    # 257). model.vocab_size follows it.
+    c.data.black_pixels_are_padding = False
+  if task == "pathfinder":
+    # Image side: 32 (Pathfinder), 64, 128 (Path-X) or 256; and difficulty:
+    # 'baseline', 'intermediate' or 'hard' (the paper's, §1.5).
+    c.data.pathfinder_resolution = 32
+    c.data.pathfinder_difficulty = "hard"
+    # One token per pixel: max_length and padded_length follow the resolution.
+    c.data.max_length = c.data.get_ref("pathfinder_resolution") ** 2
+    c.data.padded_length = c.data.get_ref("max_length")
   # Global batch size (all devices and hosts together), train and eval.
   c.data.batch_size = 32
   c.data.eval_batch_size = 32
   # Examples in the tf.data shuffle buffer of the training split.
   c.data.shuffle_buffer_size = 10_000
-  # ListOps only: generate the three TSVs into data_dir when they are missing.
-  c.data.generate_if_missing = False
-  # ListOps generator settings (lra_official_jax.md §2), used when generating.
-  c.data.listops_generator = ml_collections.ConfigDict(dict(
-      num_train=96_000, num_val=2_000, num_test=2_000,
-      min_length=500, max_length=2_000, max_depth=10, max_args=10, seed=0))
+  if task in ("listops", "pathfinder"):
+    # Generate missing data offline: ListOps' three TSVs into data_dir,
+    # Pathfinder's images into release_dir (then prepared as released data).
+    c.data.generate_if_missing = False
+  if task == "listops":
+    # ListOps generator settings (lra_official_jax.md §2), used when generating.
+    c.data.listops_generator = ml_collections.ConfigDict(dict(
+        num_train=96_000, num_val=2_000, num_test=2_000,
+        min_length=500, max_length=2_000, max_depth=10, max_args=10, seed=0))
+  if task == "pathfinder":
+    # Pathfinder generator settings (the release: 200 files x 1,000 images).
+    c.data.pathfinder_generator = ml_collections.ConfigDict(dict(
+        num_images=200_000, images_per_file=1_000, seed=0))
 
   c.model = ml_collections.ConfigDict()
   # Attention method, a name from lra_jax.attention.names().
@@ -116,7 +168,7 @@ def _common(task: str, attention: str, protocol: str) -> ml_collections.ConfigDi
   # reference values documented on the module (lra_jax/attention/<family>.py).
   c.model.attention_kwargs = _attention_kwargs(attention)
   # Embedding table rows; ids must be below it.
-  c.model.vocab_size = spec.vocab_size
+  c.model.vocab_size = _pixel_vocab_size(c.data) if task in PIXEL_TASKS else spec.vocab_size
   c.model.num_classes = spec.num_classes
   # Two documents through one shared encoder, then a pair classifier.
   c.model.dual_encoder = spec.dual_encoder
@@ -236,7 +288,9 @@ _PYTORCH_LRA = {
     "listops": dict(vocab=32, batch=32, lr=1e-4, warmup=1_000, eval_every=500, eval_steps=62),
     "text": dict(vocab=512, batch=32, lr=1e-4, warmup=80, eval_every=500, eval_steps=200),
     "retrieval": dict(vocab=512, batch=16, lr=2e-4, warmup=800, eval_every=1_000, eval_steps=300),
-    "image": dict(vocab=256, batch=256, lr=1e-4, warmup=175, eval_every=50, eval_steps=20),
+    # None: the rows the data's ids need (the harness's 256 with
+    # data.black_pixels_are_padding, 257 without).
+    "image": dict(vocab=None, batch=256, lr=1e-4, warmup=175, eval_every=50, eval_steps=20),
     "pathfinder": dict(vocab=512, batch=128, lr=2e-4, warmup=312, eval_every=500, eval_steps=156),
 }
 
@@ -244,12 +298,17 @@ _PYTORCH_LRA = {
 def _pytorch_lra(c: ml_collections.ConfigDict) -> None:
   """The compact PyTorch LRA harness (skyformer_skeinformer.md §2-4)."""
   t = _PYTORCH_LRA[c.task]
-  # max_seq_len rounded up to a power of two: 2000 -> 2048, 4000 -> 4096.
-  c.data.max_length = 4_000 if c.task in ("text", "retrieval") else c.data.max_length
-  c.data.padded_length = 1 << (c.data.max_length - 1).bit_length()
+  # max_seq_len rounded up to a power of two: 2000 -> 2048, 4000 -> 4096
+  # (Pathfinder's R*R already is one, and keeps following the resolution).
+  if c.task in ("text", "retrieval"):
+    c.data.max_length = 4_000
+  if c.task != "pathfinder":
+    c.data.padded_length = 1 << (c.data.max_length - 1).bit_length()
   c.data.update(batch_size=t["batch"], eval_batch_size=t["batch"])
+  if t["vocab"] is not None:
+    c.model.vocab_size = t["vocab"]
   c.model.update(
-      vocab_size=t["vocab"], emb_dim=64, num_heads=2, num_layers=2, qkv_dim=64, mlp_dim=128,
+      emb_dim=64, num_heads=2, num_layers=2, qkv_dim=64, mlp_dim=128,
       dropout_rate=0.1, attention_dropout_rate=0.1, position_embedding="learned",
       embedding_init_std=0.02, position_init_std=0.02, pooling="MEAN",
       classifier_hidden_dims=(128,), layer_norm_epsilon=1e-5,

@@ -5,25 +5,37 @@
 
 Batches hold this process's share of the global batch (`data.batch_size /
 process_count` rows); `valid` [batch] is False only on rows that fill up the
-last evaluation batch. This package never imports JAX or the model.
+last evaluation batch. Retrieval batches hold `inputs1` and `inputs2` (the two
+documents) instead of `inputs`. This package never imports JAX or the model.
+
+A reader (`READERS[task]`) is a module with `read(data, split) -> (examples,
+count)`: `data` is the config's `data` section, `split` one of 'train',
+'validation', 'test'; it prepares (or generates) what it needs on first use.
+`data.source` picks where examples come from: 'tfds' (these readers) or
+'lra_processed' (the PyTorch LRA harness's pickles, `lra_processed.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+import functools
+from typing import Callable, Iterable
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from lra_jax import errors
-from lra_jax.data import image, listops, listops_generator, pipeline, text
+from lra_jax.data import (image, listops, listops_generator, lra_processed, pathfinder, pipeline,
+                          pixels, release, retrieval, text, tfds_builders, tfds_source)
 
-# Tasks whose pipeline is implemented; the others have configs and models
-# already (lra_jax/base_config.py). Text and image read prepared TFDS datasets
-# (imdb_reviews, cifar10) from data.data_dir and never download them.
-READERS = {"listops": listops, "text": text, "image": image}
+# Task -> reader. None of them downloads: text and image read prepared TFDS
+# datasets (imdb_reviews, cifar10) from data.data_dir; listops, retrieval and
+# pathfinder also prepare theirs from local release files (tfds_builders.py).
+READERS = {"listops": listops, "text": text, "retrieval": retrieval, "image": image,
+           "pathfinder": pathfinder}
+# Values of data.source.
+SOURCES = ("tfds", "lra_processed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,32 +47,36 @@ class Datasets:
   test: tf.data.Dataset
 
 
-def _prepare(config: ml_collections.ConfigDict) -> None:
-  data = config.data
-  if config.task == "listops":
-    settings = listops_generator.GeneratorSettings(**data.listops_generator.to_dict())
-    listops.ensure_files(data.data_dir, data.generate_if_missing, settings)
+def reader(config: ml_collections.ConfigDict
+           ) -> Callable[[ml_collections.ConfigDict, str], tuple[tf.data.Dataset, int]]:
+  """`read(data, split)` for `config.task` from `config.data.source`."""
+  if config.task not in READERS:
+    raise errors.ConfigError(
+        f"No input pipeline for task {config.task!r}; tasks: {', '.join(sorted(READERS))}.")
+  source = config.data.source
+  if source == "tfds":
+    return READERS[config.task].read
+  if source == "lra_processed":
+    return functools.partial(lra_processed.read, task=config.task,
+                             vocab_size=config.model.vocab_size,
+                             num_classes=config.model.num_classes)
+  raise errors.ConfigError(
+      f"Unknown data.source {source!r}; valid values: {', '.join(SOURCES)}.")
 
 
 def get_datasets(config: ml_collections.ConfigDict, *, process_index: int = 0,
                  process_count: int = 1, start_step: int = 0) -> Datasets:
   """The three splits of `config.task`; training resumes at `start_step`."""
-  if config.task not in READERS:
-    raise errors.ConfigError(
-        f"No input pipeline for task {config.task!r} yet; implemented: "
-        f"{', '.join(sorted(READERS))}. The {config.task} model and configs exist, so "
-        f"a custom pipeline yielding the same batches can drive trainer.train_and_evaluate.")
-  _prepare(config)
-  data, reader = config.data, READERS[config.task]
+  data, read = config.data, reader(config)
   shard = dict(process_index=process_index, process_count=process_count)
-  train_examples, num_train = reader.read(data.data_dir, "train", data.max_length)
+  train_examples, num_train = read(data, "train")
   train = pipeline.train_batches(
       train_examples, num_train, local_batch_size=data.batch_size // process_count,
       padded_length=data.padded_length, seed=config.seed, start_step=start_step,
       shuffle_buffer_size=data.shuffle_buffer_size, **shard)
 
   def evaluation(split: str) -> tf.data.Dataset:
-    examples, count = reader.read(data.data_dir, split, data.max_length)
+    examples, count = read(data, split)
     return pipeline.eval_batches(examples, count,
                                  local_batch_size=data.eval_batch_size // process_count,
                                  padded_length=data.padded_length, **shard)
@@ -76,5 +92,6 @@ def class_counts(batches: Iterable[dict[str, np.ndarray]], num_classes: int) -> 
   return counts
 
 
-__all__ = ["Datasets", "READERS", "class_counts", "get_datasets", "image", "listops",
-           "listops_generator", "pipeline", "text"]
+__all__ = ["Datasets", "READERS", "SOURCES", "class_counts", "get_datasets", "image", "listops",
+           "listops_generator", "lra_processed", "pathfinder", "pipeline", "pixels", "reader",
+           "release", "retrieval", "text", "tfds_builders", "tfds_source"]

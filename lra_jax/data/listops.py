@@ -1,10 +1,12 @@
-"""ListOps from the LRA release's TSVs (lra_official_jax.md §1.1).
+"""ListOps from the release's TSVs or the lra_listops TFDS dataset (lra_official_jax.md §1.1).
 
-Reads `basic_{train,val,test}.tsv` (columns Source, Target) and tokenises as
-the official pipeline does (`]` becomes `X`, parentheses are dropped, tokens
-split on whitespace), with one deliberate change: the vocabulary is a fixed
-sorted list, so token ids are the same in every process and every run (the
-official ids follow Python set order and change between processes).
+Reads `basic_{train,val,test}.tsv` (columns Source, Target) from
+`data.data_dir` or, when they are not there, the `lra_listops` TFDS dataset
+in `data.data_dir` (see `locate`), and tokenises as the official pipeline
+does (`]` becomes `X`, parentheses are dropped, tokens split on whitespace),
+with one deliberate change: the vocabulary is a fixed sorted list, so token
+ids are the same in every process and every run (the official ids follow
+Python set order and change between processes).
 
 Ids: 0 padding, 1..15 the sorted vocabulary below, 16 out of vocabulary;
 17 in all, `TASKS['listops'].vocab_size`.
@@ -14,40 +16,64 @@ from __future__ import annotations
 
 import pathlib
 
+import ml_collections
 import tensorflow as tf
 
 from lra_jax import errors
-from lra_jax.data import listops_generator
+from lra_jax.data import listops_generator, release, tfds_builders, tfds_source
 
 VOCABULARY = tuple(sorted([*listops_generator.OPERATORS, "X", *"0123456789"]))
 OOV_ID = len(VOCABULARY) + 1
 VOCAB_SIZE = len(VOCABULARY) + 2
 
+DATASET = tfds_builders.LraListops.name
 # Our split names -> the release's file suffixes.
-FILE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+FILE_SPLITS = tfds_builders.LraListops.FILE_SPLITS
 
 
-def _missing_data_message(data_dir: str) -> str:
-  where = f"data.data_dir={data_dir!r}" if data_dir else "data.data_dir (unset)"
+def _missing_data_message(data: ml_collections.ConfigDict, release_dir: str) -> str:
+  where = f"data.data_dir={data.data_dir!r}" if data.data_dir else "data.data_dir (unset)"
   return (
-      f"ListOps data not found: {where} must hold basic_train.tsv, basic_val.tsv and "
-      f"basic_test.tsv. Either download the LRA release "
-      f"(https://storage.googleapis.com/long-range-arena/lra_release.gz), extract it and pass "
-      f"--config.data.data_dir=.../lra_release/listops-1000, or generate the files offline "
-      f"with `python preprocess/generate_listops.py --output_dir=DIR` and pass "
-      f"--config.data.data_dir=DIR, or add --config.data.generate_if_missing=True to "
+      f"ListOps data not found: {where} holds neither basic_train.tsv, basic_val.tsv and "
+      f"basic_test.tsv nor a prepared {DATASET!r} TFDS dataset, and the release directory "
+      f"{release_dir!r} has no listops-1000/. Either download the LRA release "
+      f"({release.URL}), extract it and pass --config.data.data_dir=.../lra_release/listops-1000 "
+      f"(or --config.data.release_dir=.../lra_release with a TFDS --config.data.data_dir), or "
+      f"generate the files offline with `python preprocess/generate_listops.py --output_dir=DIR` "
+      f"and pass --config.data.data_dir=DIR, or add --config.data.generate_if_missing=True to "
       f"generate them into data_dir on first use.")
 
 
-def ensure_files(data_dir: str, generate_if_missing: bool,
-                 settings: listops_generator.GeneratorSettings) -> None:
-  """Checks the three TSVs exist, generating them first when allowed."""
-  if data_dir and all(tf.io.gfile.exists(str(listops_generator.tsv_path(data_dir, split)))
-                      for split in listops_generator.SPLITS):
-    return
-  if not (data_dir and generate_if_missing):
-    raise errors.DataNotFoundError(_missing_data_message(data_dir))
-  listops_generator.write_tsvs(data_dir, settings)
+def _has_tsvs(data_dir: str) -> bool:
+  return bool(data_dir) and all(
+      tf.io.gfile.exists(str(listops_generator.tsv_path(data_dir, split)))
+      for split in listops_generator.SPLITS)
+
+
+def locate(data: ml_collections.ConfigDict) -> str:
+  """Where ListOps will be read from, 'tsv' or 'tfds', preparing or generating it first if needed.
+
+  In order: the TSVs in `data.data_dir`; the lra_listops TFDS dataset in
+  `data.data_dir`; that dataset prepared from the release in
+  `data.release_dir` (default `<data_dir>/downloads/manual`); the TSVs
+  generated into `data.data_dir` when `data.generate_if_missing`.
+
+  Raises:
+    errors.DataNotFoundError: none of these is possible.
+  """
+  if _has_tsvs(data.data_dir):
+    return "tsv"
+  if tfds_source.is_prepared(DATASET, data.data_dir):
+    return "tfds"
+  release_dir = tfds_source.release_dir(data)
+  if release.find(release_dir, "listops-1000"):
+    tfds_source.prepare(DATASET, data.data_dir, release_dir)
+    return "tfds"
+  if data.data_dir and data.generate_if_missing:
+    settings = listops_generator.GeneratorSettings(**data.listops_generator.to_dict())
+    listops_generator.write_tsvs(data.data_dir, settings)
+    return "tsv"
+  raise errors.DataNotFoundError(_missing_data_message(data, release_dir))
 
 
 def vocabulary_table() -> tf.lookup.StaticHashTable:
@@ -71,13 +97,35 @@ def count_rows(path: str) -> int:
     return sum(1 for _ in f) - 1
 
 
-def read(data_dir: str, split: str, max_length: int) -> tuple[tf.data.Dataset, int]:
-  """Examples of `split` ('train', 'validation', 'test') in file order, and their count."""
-  path = str(listops_generator.tsv_path(pathlib.Path(data_dir), FILE_SPLITS[split]))
+def _rows(data: ml_collections.ConfigDict, split: str) -> tuple[tf.data.Dataset, int]:
+  """(Source string, int32 Target) pairs of `split` in a fixed order, and their count."""
+  if locate(data) == "tfds":
+    rows, count = tfds_source.load(DATASET, data.data_dir, split)
+    return rows.map(lambda row: (row["source"], tf.cast(row["target"], tf.int32))), count
+  path = str(listops_generator.tsv_path(pathlib.Path(data.data_dir), FILE_SPLITS[split]))
   rows = tf.data.experimental.CsvDataset(path, [tf.string, tf.int32], header=True,
                                          field_delim="\t")
+  return rows, count_rows(path)
+
+
+def read(data: ml_collections.ConfigDict, split: str) -> tuple[tf.data.Dataset, int]:
+  """Examples of `split` in file order, and their count.
+
+  Args:
+    data: the config's `data` section (data_dir, release_dir, max_length,
+      generate_if_missing, listops_generator).
+    split: 'train', 'validation' or 'test'.
+
+  Returns:
+    Dicts of `inputs` int32 [<= max_length] and `targets` int32 [], and their count.
+
+  Raises:
+    errors.DataNotFoundError: see `locate`.
+  """
+  rows, count = _rows(data, split)
   table = vocabulary_table()
   examples = rows.map(
-      lambda source, target: {"inputs": tokenize(source, table, max_length), "targets": target},
+      lambda source, target: {"inputs": tokenize(source, table, data.max_length),
+                              "targets": target},
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return examples, count_rows(path)
+  return examples, count

@@ -1,9 +1,12 @@
 """Task-independent tf.data plumbing: sharding, seeded shuffling, exact resume, batching.
 
-A task module provides `read(split) -> (examples, num_examples)`: a dataset of
-dicts of int32 tensors (`inputs` [length] or `inputs1`/`inputs2`, `targets`
-[]) with the real (unpadded) tokens, and how many there are. This module
-turns it into batches of numpy arrays padded to `padded_length`, each with a
+A task module provides `read(data, split) -> (examples, num_examples)`: a
+dataset of dicts of int32 tensors with the real (unpadded) tokens, and how
+many there are. Every rank-1 feature is a token sequence (`inputs`
+[length], or `inputs1` and `inputs2` for the two documents of Retrieval) and
+every scalar is a label (`targets` []); nothing here names the features, so
+single- and dual-input tasks share all of this module. It turns the examples
+into batches of numpy arrays, each sequence padded to `padded_length`, with a
 boolean `valid` [batch] that is False only on rows that fill up the last
 evaluation batch.
 
@@ -29,6 +32,7 @@ def shard_size(num_examples: int, process_index: int, process_count: int) -> int
 
 
 def _padded_shapes(examples: tf.data.Dataset, padded_length: int):
+  """Every sequence feature padded to `padded_length`, scalars as they are."""
   return {name: [padded_length] if spec.shape.rank == 1 else []
           for name, spec in examples.element_spec.items()}
 

@@ -9,6 +9,7 @@ in the official code. Labels: 0 negative, 1 positive.
 
 from __future__ import annotations
 
+import ml_collections
 import tensorflow as tf
 
 from lra_jax.data import tfds_source
@@ -25,13 +26,14 @@ def encode(text: tf.Tensor, max_length: int) -> tf.Tensor:
   return (tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32) + 1)[:max_length]
 
 
-def read(data_dir: str, split: str, max_length: int) -> tuple[tf.data.Dataset, int]:
-  """Examples of `split` ('train', 'validation', 'test') in file order, and their count.
+def read(data: ml_collections.ConfigDict, split: str) -> tuple[tf.data.Dataset, int]:
+  """Examples of `split` in file order, and their count.
 
   Args:
-    data_dir: TFDS data directory holding the prepared dataset; '' for TFDS's default.
+    data: the config's `data` section: `data_dir` (TFDS data directory holding
+      the prepared dataset; '' for TFDS's default), `max_length` (tokens kept
+      per review).
     split: 'train', 'validation' or 'test'.
-    max_length: tokens kept per review.
 
   Returns:
     Dicts of `inputs` int32 [<= max_length] and `targets` int32 [], and their count.
@@ -39,5 +41,5 @@ def read(data_dir: str, split: str, max_length: int) -> tuple[tf.data.Dataset, i
   Raises:
     errors.DataNotFoundError: imdb_reviews is not prepared in `data_dir`.
   """
-  return tfds_source.classification_examples(DATASET, data_dir, TFDS_SPLITS[split], "text",
-                                             encode, max_length)
+  return tfds_source.classification_examples(DATASET, data.data_dir, TFDS_SPLITS[split], "text",
+                                             lambda text: encode(text, data.max_length))

@@ -2,15 +2,24 @@
 
 import csv
 
+import release_files
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from lra_jax import errors
+from lra_jax import base_config, errors
 from lra_jax.data import listops, listops_generator
 
 SMALL = listops_generator.GeneratorSettings(num_train=60, num_val=10, num_test=10, min_length=5,
                                             max_length=40, max_depth=5, max_args=4, seed=3)
+
+
+def _data(data_dir, **overrides):
+  data = base_config.get_config("listops").data
+  data.update(data_dir=str(data_dir), max_length=1000, **overrides)
+  data.listops_generator.update(**SMALL.__dict__)
+  return data
 
 
 def _tokens(source):
@@ -69,7 +78,7 @@ def test_tsvs_have_the_release_layout(tmp_path):
 
 def test_reader_tokenises_with_the_fixed_sorted_vocabulary(tmp_path):
   listops_generator.write_tsvs(tmp_path, SMALL)
-  examples, count = listops.read(str(tmp_path), "validation", max_length=1000)
+  examples, count = listops.read(_data(tmp_path), "validation")
   assert count == 10
   rows = listops_generator.generate(SMALL)["val"]
   ids = {token: i + 1 for i, token in enumerate(sorted(listops.VOCABULARY))}
@@ -88,9 +97,26 @@ def test_unknown_tokens_map_to_oov_and_long_inputs_are_cut():
 
 def test_missing_files_say_where_to_get_them(tmp_path):
   with pytest.raises(errors.DataNotFoundError) as error:
-    listops.ensure_files(str(tmp_path), False, SMALL)
+    listops.locate(_data(tmp_path))
   message = str(error.value)
   assert "lra_release" in message and "preprocess/generate_listops.py" in message
-  assert "generate_if_missing" in message
-  listops.ensure_files(str(tmp_path), True, SMALL)
+  assert "generate_if_missing" in message and "release_dir" in message
+  assert listops.locate(_data(tmp_path, generate_if_missing=True)) == "tsv"
   assert (tmp_path / "basic_test.tsv").exists()
+
+
+def test_the_prepared_tfds_dataset_reads_like_the_tsvs(lra_release, tmp_path):
+  tsv_dir = tmp_path / "tsv"
+  listops_generator.write_tsvs(tsv_dir, release_files.LISTOPS_SETTINGS)
+  from_release = _data(tmp_path / "tfds", release_dir=lra_release.root)
+  assert listops.locate(from_release) == "tfds"  # prepared from the release on first use
+  assert listops.locate(_data(tmp_path / "tfds")) == "tfds"  # then found in data_dir alone
+  for split in ("train", "validation", "test"):
+    tfds_examples, tfds_count = listops.read(from_release, split)
+    tsv_examples, tsv_count = listops.read(_data(tsv_dir), split)
+    assert tfds_count == tsv_count
+
+    def rows(examples):
+      return sorted((tuple(x["inputs"]), int(x["targets"])) for x in examples.as_numpy_iterator())
+
+    assert rows(tfds_examples) == rows(tsv_examples)

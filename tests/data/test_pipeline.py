@@ -104,9 +104,34 @@ def test_get_datasets_builds_listops_from_generated_files(tmp_path):
   assert sum(b["valid"].sum() for b in validation) == 3  # rows 1, 3, 5 of 7
 
 
-def test_task_without_a_pipeline_is_a_clear_error():
-  with pytest.raises(Exception, match="No input pipeline for task 'retrieval'"):
-    data.get_datasets(base_config.get_config("retrieval"))
+def test_every_task_has_a_reader():
+  assert sorted(data.READERS) == sorted(base_config.TASKS)
+
+
+def _pairs(num=NUM_EXAMPLES):
+  """Example i: inputs1 [i+1] * (i % 5 + 1), inputs2 [i+1] * (i % 3 + 1), target i."""
+  def example(i):
+    value = tf.cast(i + 1, tf.int32)
+    return {"inputs1": tf.fill([tf.cast(i % 5 + 1, tf.int32)], value),
+            "inputs2": tf.fill([tf.cast(i % 3 + 1, tf.int32)], value),
+            "targets": tf.cast(i, tf.int32)}
+  return tf.data.Dataset.range(num).map(example)
+
+
+def test_both_documents_of_a_pair_are_padded_and_kept_together():
+  train = pipeline.train_batches(_pairs(), NUM_EXAMPLES, local_batch_size=4, padded_length=8,
+                                 seed=0, start_step=0, shuffle_buffer_size=100, process_index=0,
+                                 process_count=1)
+  batch = _take(train, 1)[0]
+  assert sorted(batch) == ["inputs1", "inputs2", "targets", "valid"]
+  for row1, row2, target in zip(batch["inputs1"], batch["inputs2"], batch["targets"]):
+    np.testing.assert_array_equal(row1, [target + 1] * (target % 5 + 1) + [0] * (7 - target % 5))
+    np.testing.assert_array_equal(row2, [target + 1] * (target % 3 + 1) + [0] * (7 - target % 3))
+  batches = list(pipeline.eval_batches(_pairs(), NUM_EXAMPLES, local_batch_size=4, padded_length=8,
+                                       process_index=0, process_count=1).as_numpy_iterator())
+  fillers = [(b["inputs1"][i], b["inputs2"][i])
+             for b in batches for i in np.flatnonzero(~b["valid"])]
+  assert len(fillers) == 1 and not any(row.any() for pair in fillers for row in pair)
 
 
 def test_training_split_smaller_than_a_batch_is_a_config_error():

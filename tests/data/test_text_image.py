@@ -5,6 +5,7 @@ yield a handful of hand-made examples instead of downloading, so the readers
 open real TFDS files under the real names and versions.
 """
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -79,8 +80,10 @@ def data_dir(tmp_path_factory):
   return directory
 
 
-def _read(reader, data_dir, split, max_length):
-  examples, count = reader.read(data_dir, split, max_length)
+def _read(reader, data_dir, split, max_length, black_pixels_are_padding=False):
+  config = ml_collections.ConfigDict(dict(data_dir=data_dir, max_length=max_length,
+                                          black_pixels_are_padding=black_pixels_are_padding))
+  examples, count = reader.read(config, split)
   return list(examples.as_numpy_iterator()), count
 
 
@@ -122,18 +125,23 @@ def test_text_validation_is_the_test_split(data_dir):
     assert a["targets"] == b["targets"]
 
 
-def test_image_known_pixels_and_row_major_order(data_dir):
-  examples, _ = _read(image, data_dir, "train", 1024)
+@pytest.mark.parametrize("black_pixels_are_padding,shift", [(False, 1), (True, 0)])
+def test_image_known_pixels_and_row_major_order(data_dir, black_pixels_are_padding, shift):
+  """Ids are gray + 1 (black is id 1, a real token), or gray with the official quirk."""
+  examples, _ = _read(image, data_dir, "train", 1024, black_pixels_are_padding)
   expected = _grayscale(_images(NUM_TRAIN_IMAGES, 0))
   for (row, column), (_, gray) in KNOWN_PIXELS.items():
     assert expected[0, row, column] == gray  # the independent formula agrees with the table
-  matches = [x for x in examples if np.array_equal(x["inputs"], expected[0].reshape(-1))]
+  matches = [x for x in examples if np.array_equal(x["inputs"], expected[0].reshape(-1) + shift)]
   assert len(matches) == 1
   inputs = matches[0]["inputs"]
   assert inputs.shape == (1024,) and inputs.dtype == np.int32
   for (row, column), (_, gray) in KNOWN_PIXELS.items():
-    assert inputs[row * 32 + column] == gray
+    assert inputs[row * 32 + column] == gray + shift
+  assert (inputs[31 * 32 + 30] == 0) == black_pixels_are_padding  # the black pixel
   assert matches[0]["targets"] == 0
+  ids = np.concatenate([x["inputs"] for x in examples])
+  assert ids.min() >= shift and ids.max() <= 255 + shift
 
 
 def test_image_splits_are_90_10_of_train_and_the_test_split(data_dir):
@@ -147,7 +155,7 @@ def test_image_splits_are_90_10_of_train_and_the_test_split(data_dir):
     flat = _grayscale(images).reshape(len(images), -1)
     found = []
     for x in examples:
-      index, = np.flatnonzero((flat == x["inputs"]).all(axis=1))
+      index, = np.flatnonzero((flat + 1 == x["inputs"]).all(axis=1))
       assert x["targets"] == index % 10
       found.append(index)
     return found
@@ -176,7 +184,7 @@ def test_order_is_fixed(data_dir, reader):
 @pytest.mark.parametrize("reader,name", [(text, "imdb_reviews/plain_text"), (image, "cifar10")])
 def test_missing_dataset_says_how_to_prepare_it(tmp_path, reader, name):
   with pytest.raises(errors.DataNotFoundError) as raised:
-    reader.read(str(tmp_path), "train", 16)
+    _read(reader, str(tmp_path), "train", 16)
   message = str(raised.value)
   assert f"{name!r} is not prepared" in message and str(tmp_path) in message
   assert f"tfds build {name} --data_dir=DIR" in message

@@ -1,5 +1,7 @@
 """Retrieval and Pathfinder train for a few steps through the real code path.
 
+(Text and Image: test_text_image.py; ListOps: tests/test_trainer.py.)
+
 Data: the small written release (conftest.py), or Pathfinder images from the
 generator, prepared into TFDS on first use by the readers, batched by the
 shared pipeline, fed to the trainer.
@@ -8,27 +10,14 @@ shared pipeline, fed to the trainer.
 import json
 
 import numpy as np
-import pytest
 
-from lra_jax import base_config, trainer
-
-
-def _tiny(task, data_dir, release_dir, max_length):
-  """`task`, official protocol, shrunk to seconds on a CPU."""
-  config = base_config.get_config(task, "softmax", "official")
-  config.data.update(data_dir=data_dir, release_dir=release_dir, max_length=max_length,
-                     padded_length=max_length, batch_size=4, eval_batch_size=4,
-                     shuffle_buffer_size=16)
-  hidden = (16, 8) if config.model.dual_encoder else (16,)
-  config.model.update(emb_dim=16, num_heads=2, num_layers=1, qkv_dim=16, mlp_dim=16,
-                      classifier_hidden_dims=hidden)
-  config.train.update(num_train_steps=2, eval_every_steps=2, log_every_steps=2,
-                      checkpoint_every_steps=2, warmup_steps=1)
-  return config
+from lra_jax import trainer
+from tiny import tiny_config
 
 
 def test_retrieval_trains_evaluates_and_reports(lra_release, tfds_dir, tmp_path):
-  state = trainer.train_and_evaluate(_tiny("retrieval", tfds_dir, lra_release.root, 32), tmp_path)
+  config = tiny_config("retrieval", tfds_dir, lra_release.root, 32)
+  state = trainer.train_and_evaluate(config, tmp_path)
   assert int(state.step) == 2
   results = json.loads((tmp_path / trainer.RESULTS_FILE).read_text())
   for split in ("validation", "test"):
@@ -42,8 +31,7 @@ def test_pathfinder_trains_on_data_generated_when_missing(tmp_path):
 
   (Pathfinder batches from the released layout are checked in test_pathfinder.py.)
   """
-  pytest.importorskip("lra_jax.data.pathfinder_generator")
-  config = _tiny("pathfinder", str(tmp_path / "tfds"), "", 64)
+  config = tiny_config("pathfinder", str(tmp_path / "tfds"), "", 64)
   config.data.generate_if_missing = True
   config.data.pathfinder_generator.update(num_images=20, images_per_file=10, seed=1)
   state = trainer.train_and_evaluate(config, tmp_path / "run")

@@ -5,13 +5,16 @@ yield a handful of hand-made examples instead of downloading, so the readers
 open real TFDS files under the real names and versions.
 """
 
+import json
+
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lra_jax import base_config, data, errors
+from lra_jax import base_config, data, errors, trainer
 from lra_jax.data import image, text
+from tiny import tiny_config
 
 TRAIN_REVIEWS = ["café!", "A fine film.", "Dull and too long, really", "ok"]
 TEST_REVIEWS = ["Great 😀", "bad", "so-so movie"]
@@ -209,3 +212,12 @@ def test_get_datasets_gives_padded_batches(data_dir, task, max_length, num_valid
   assert sum(b["valid"].sum() for b in validation) == num_validation
   test = list(datasets.test.as_numpy_iterator())
   assert sum(b["valid"].sum() for b in test) == num_test
+
+
+@pytest.mark.parametrize("task", ["text", "image"])
+def test_trains_a_few_steps_through_the_real_code_path(data_dir, tmp_path, task):
+  state = trainer.train_and_evaluate(tiny_config(task, data_dir, "", 16), tmp_path)
+  assert int(state.step) == 2
+  results = json.loads((tmp_path / trainer.RESULTS_FILE).read_text())
+  for split in ("validation", "test"):
+    assert np.isfinite(results["final"][split]["loss"])

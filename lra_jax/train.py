@@ -3,13 +3,22 @@
 The only module that defines flags. Any config field can be overridden, e.g.
 `--config.model.num_layers=4`; a config file may take an argument after a
 colon, e.g. `--config=configs/lra.py:listops,softmax,pytorch_lra`.
+
+Bad input (an unknown task or method, a misspelt config field, settings that
+cannot run together, a workdir of another run, missing data) stops before any
+heavy work with one paragraph on stderr saying what to change, and exit status
+2; `--verbose` adds the traceback.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import json
 import logging as std_logging
+import os
 import pathlib
+import re
 import sys
 
 import jax
@@ -29,11 +38,47 @@ _MODE = flags.DEFINE_enum(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Call jax.distributed.initialize() first (multi-host: Cloud TPU pods, Slurm, Kubernetes).")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False,
+    "Show the traceback of a bad-input error (config, workdir or data), which otherwise "
+    "prints as one paragraph.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Exit status of a run stopped by bad input (the config, the workdir or the data).
+BAD_INPUT = 2
+# Attention methods with landmarks, and what happens when there are at least
+# as many as tokens (a documented fallback, not an error).
+_LANDMARK_FALLBACKS = {
+    "nystrom": "computes exact softmax attention at this length, as the reference does",
+    "skyformer": "samples them with replacement from the query and key rows, so some repeat",
+}
+
+
+def check_model(config) -> None:
+  """Settings the model cannot run with, checked before anything is built.
+
+  Raises:
+    errors.ConfigError: qkv_dim does not split into num_heads heads.
+  """
+  model = config.model
+  if model.qkv_dim % model.num_heads:
+    raise errors.ConfigError(
+        f"model.qkv_dim={model.qkv_dim} does not split into model.num_heads={model.num_heads} "
+        f"heads of equal size (every attention method needs qkv_dim = num_heads x head_dim); "
+        f"set --config.model.qkv_dim to a multiple of {model.num_heads} or change "
+        f"--config.model.num_heads.")
+  landmarks = model.attention_kwargs.get("num_landmarks")
+  length = config.data.padded_length
+  if model.attention in _LANDMARK_FALLBACKS and landmarks and landmarks >= length:
+    logging.warning(
+        "model.attention_kwargs.num_landmarks=%d >= data.padded_length=%d: %s %s. Set "
+        "--config.model.attention_kwargs.num_landmarks below %d for an approximation.",
+        landmarks, length, model.attention, _LANDMARK_FALLBACKS[model.attention], length)
 
 
 def run(config, workdir: str, mode: str) -> pathlib.Path:
   """Trains or evaluates; returns the path of the results file written."""
+  check_model(config)
   import tensorflow as tf
 
   from lra_jax import trainer
@@ -59,16 +104,82 @@ def _config_error(error: BaseException | None) -> errors.ConfigError | None:
   return found
 
 
+def _config_paths(config, prefix: str = "") -> list[str]:
+  """Every field of `config` as a dotted path ('model', 'model.num_layers', ...)."""
+  paths = []
+  for name, value in config.items():
+    paths.append(prefix + name)
+    if hasattr(value, "items"):
+      paths.extend(_config_paths(value, f"{prefix}{name}."))
+  return paths
+
+
+def _misspelt_override(argv: list[str]) -> str | None:
+  """A paragraph naming the first --config.FIELD override that `config` lacks, with
+  the nearest valid fields; None if every override names a field (or no config loads)."""
+  spec = None
+  for index, arg in enumerate(argv):
+    if re.fullmatch(r"--?config=.+", arg):
+      spec = arg.split("=", 1)[1]
+    elif arg in ("--config", "-config") and index + 1 < len(argv):
+      spec = argv[index + 1]
+  if spec is None:
+    return None
+  try:
+    path, _, argument = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("lra_jax_config_check", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    paths = _config_paths(module.get_config(*([argument] if argument else [])))
+  except Exception:  # pylint: disable=broad-except  # absl reports a config that fails to load
+    return None
+  for arg in argv:
+    match = re.match(r"--?(?:no)?config\.([^=]+)", arg)
+    if match is None or match.group(1) in paths:
+      continue
+    path = match.group(1)
+    close = difflib.get_close_matches(path, paths, n=1, cutoff=0.8)
+    if close:
+      hint = f"Did you mean {close[0]}?"
+    else:
+      parent = path.rpartition(".")[0]
+      if parent not in paths:
+        parent = ""
+      fields = sorted(p.rpartition(".")[2] for p in paths if p.rpartition(".")[0] == parent)
+      hint = f"Fields of {'config.' + parent if parent else 'the config'}: {', '.join(fields)}."
+    return (f"--config.{path}: the config has no field {path}. {hint} Every field is "
+            f"documented in lra_jax/base_config.py (attention_kwargs: in the method's module).")
+  return None
+
+
+def _verbose_requested(argv: list[str]) -> bool:
+  return any(re.fullmatch(r"--?verbose(=(true|1|True))?", arg) for arg in argv)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, but a bad config argument prints its one-paragraph message."""
+  """absl's flag parsing, but bad flags print one paragraph and exit with BAD_INPUT.
+
+  The paragraph is the ConfigError a config file raised (an unknown task or
+  method, say), the nearest valid field of a misspelt --config.FIELD, or
+  absl's own message; --verbose shows the traceback instead.
+  """
   try:
     return flags.FLAGS(argv)
-  except flags.Error as error:
+  except (flags.Error, KeyError, AttributeError) as error:
+    # config_flags raises KeyError / AttributeError for an override of a field
+    # the config lacks, flags.Error for the rest.
+    if _verbose_requested(argv):
+      raise
     config_error = _config_error(error)
-    if config_error is None:
-      return app.parse_flags_with_usage(argv)  # absl's own report, then exit
-    print(f"error: {config_error}", file=sys.stderr)
-    sys.exit(2)
+    message = str(config_error) if config_error else _misspelt_override(argv)
+    if message is None:
+      if not isinstance(error, flags.Error):
+        raise
+      message = str(error).rstrip()
+      message += ("" if message.endswith((".", "?", "!")) else ".") + (
+          " Pass --helpfull to see every flag.")
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(BAD_INPUT)
 
 
 class _HideOrbaxInfo(std_logging.Filter):
@@ -76,6 +187,17 @@ class _HideOrbaxInfo(std_logging.Filter):
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def _initialize_distributed() -> None:
+  """jax.distributed.initialize(): auto-detected on Cloud TPU, Slurm, Open MPI, Kubernetes;
+  elsewhere from JAX_COORDINATOR_ADDRESS (read by JAX), JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+  kwargs = {}
+  for argument, variable in (("num_processes", "JAX_NUM_PROCESSES"),
+                             ("process_id", "JAX_PROCESS_ID")):
+    if os.environ.get(variable):
+      kwargs[argument] = int(os.environ[variable])
+  jax.distributed.initialize(**kwargs)
 
 
 def main(argv):
@@ -87,12 +209,14 @@ def main(argv):
     logging.get_absl_handler().addFilter(_HideOrbaxInfo())
 
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    _initialize_distributed()
   try:
     path = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
   except (errors.ConfigError, errors.DataNotFoundError) as error:
+    if _VERBOSE.value:
+      raise
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(BAD_INPUT)
   except jax.errors.JaxRuntimeError as error:
     if "RESOURCE_EXHAUSTED" not in str(error):
       raise

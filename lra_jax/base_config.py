@@ -237,6 +237,13 @@ def _common(task: str, attention: str, protocol: str) -> ml_collections.ConfigDi
   c.train.grad_clip_value = None
   # Micro-batches per step (the seed repos' bz_rate): same maths, less memory.
   c.train.grad_accum_steps = 1
+  # A step whose loss, gradients or updated parameters are not finite stops
+  # training (the last good checkpoint is kept; nothing of that state is
+  # saved). True skips such updates instead: parameters and optimiser state
+  # stay, the step counter advances (so data order and random draws remain
+  # functions of the seed and step), and the skips are logged and counted in
+  # results.json.
+  c.train.skip_nonfinite_steps = False
   # Evaluate on validation every N steps, over at most num_eval_steps batches
   # (-1: the whole split). The final test always uses the whole test split.
   c.train.eval_every_steps = 50

@@ -9,6 +9,11 @@ Variables: `params` are trained; the 'constants' collection holds what an
 attention method draws once at initialisation and never trains (a fixed random
 projection, a fixed sparsity pattern: the PyTorch references' buffers). It is
 part of the state, so it is checkpointed and restored with the parameters.
+
+Non-finite steps: every train step checks its loss, gradients and updated
+parameters. Its metrics count the non-finite steps and name the first one, so
+the trainer can stop before a bad state is saved; with skip_nonfinite the
+step itself keeps the old parameters and optimiser state instead.
 """
 
 from __future__ import annotations
@@ -20,12 +25,57 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from clu import metrics as clu_metrics
 from flax.training import train_state
 
 from lra_jax.attention import ATTENTION_RNG, CONSTANTS
 from lra_jax.metrics import ClassificationMetrics
 
 Batch = dict[str, jax.Array]
+
+_NO_STEP = jnp.iinfo(jnp.int32).max
+
+
+@flax.struct.dataclass
+class _Count(clu_metrics.Metric):
+  """How many of the merged steps were non-finite."""
+
+  count: jax.Array
+
+  @classmethod
+  def from_model_output(cls, *, nonfinite: jax.Array, **_) -> _Count:
+    return cls(count=nonfinite.astype(jnp.int32))
+
+  def merge(self, other: _Count) -> _Count:
+    return type(self)(count=self.count + other.count)
+
+  def compute(self) -> jax.Array:
+    return self.count
+
+
+@flax.struct.dataclass
+class _FirstStep(clu_metrics.Metric):
+  """The earliest non-finite step among the merged ones (_NO_STEP if none)."""
+
+  step: jax.Array
+
+  @classmethod
+  def from_model_output(cls, *, nonfinite: jax.Array, step: jax.Array, **_) -> _FirstStep:
+    return cls(step=jnp.where(nonfinite, step, _NO_STEP).astype(jnp.int32))
+
+  def merge(self, other: _FirstStep) -> _FirstStep:
+    return type(self)(step=jnp.minimum(self.step, other.step))
+
+  def compute(self) -> jax.Array:
+    return self.step
+
+
+# The evaluation metrics plus the non-finite bookkeeping. `step` counts
+# completed steps, as checkpoints and logs do: the update that turns step s
+# into s + 1 is "step s + 1".
+TrainMetrics = clu_metrics.Collection.create(
+    **ClassificationMetrics.__annotations__, nonfinite_steps=_Count,
+    first_nonfinite_step=_FirstStep)
 
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus the model's non-trainable `constants` collection."""
@@ -68,14 +118,25 @@ def _split_micro_batches(batch: Batch, num: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
+def _all_finite(*trees) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(trees)]))
+
+
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
-               input_names: Sequence[str], grad_accum_steps: int = 1
-               ) -> tuple[TrainState, ClassificationMetrics]:
+               input_names: Sequence[str], grad_accum_steps: int = 1,
+               skip_nonfinite: bool = False) -> tuple[TrainState, Any]:
   """One optimiser update on the mean cross-entropy of `batch`.
 
   With grad_accum_steps = k the batch runs as k micro-batches whose gradients
   are averaged: the same update as one pass (micro-batches are equal-sized),
   in about 1/k of the activation memory.
+
+  A step whose loss, gradients or updated parameters are not all finite is
+  counted in the TrainMetrics (its loss and accuracy are left out of their
+  averages). With skip_nonfinite it changes nothing but `step`: parameters
+  and optimiser state (its schedule and Adam counts included) stay as they
+  were, and the step counter still advances, so the batches and random keys
+  of later steps stay functions of (seed, step) and a resumed run matches.
   """
   step_rng = jax.random.fold_in(rng, state.step)
 
@@ -103,7 +164,19 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Mod
     # Back from [micro, rows] to the batch's own row order.
     logits = jnp.swapaxes(logits, 0, 1).reshape(-1, logits.shape[-1])
     losses = jnp.swapaxes(losses, 0, 1).reshape(-1)
-  return state.apply_gradients(grads=grads), _metrics(logits, losses, batch)
+  new_state = state.apply_gradients(grads=grads)
+  finite = _all_finite(losses, grads, new_state.params)
+  if skip_nonfinite:
+    def keep(new, old):
+      return jnp.where(finite, new, old)
+
+    new_state = new_state.replace(params=jax.tree.map(keep, new_state.params, state.params),
+                                  opt_state=jax.tree.map(keep, new_state.opt_state,
+                                                         state.opt_state))
+  metrics = TrainMetrics.single_from_model_output(
+      loss=losses, logits=logits, labels=batch["targets"], mask=batch["valid"] & finite,
+      nonfinite=~finite, step=state.step + 1)
+  return new_state, metrics
 
 
 def eval_step(variables, batch: Batch, rng: jax.Array, *, model: nn.Module,

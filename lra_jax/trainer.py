@@ -5,13 +5,24 @@ data-parallel Mesh, clu metrics and writers, orbax checkpoints. A run in a
 workdir that already holds checkpoints resumes from the newest one and ends
 exactly where an uninterrupted run would (the data order and every random
 draw are functions of the seed and the step).
+
+Reliability: SIGTERM (what a preempting scheduler sends) makes a
+single-process run checkpoint the step it is at and return, so rerunning the
+command resumes; multi-process runs use jax's preemption sync point instead.
+An unreadable newest checkpoint is skipped with a warning (see checkpointing).
+A non-finite loss, gradient or parameter stops training before anything of
+that state is evaluated or saved, unless train.skip_nonfinite_steps skips
+such updates (counted in the logs and results.json).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
+import signal
+import threading
 from typing import Any, Iterable
 
 import flax.linen as nn
@@ -27,6 +38,9 @@ from lra_jax import checkpointing, data, errors, models, optim, parallel, schedu
 RESULTS_FILE = "results.json"
 EVAL_RESULTS_FILE = "eval_results.json"
 CONFIG_FILE = "config.json"
+# Key of the checkpoint bookkeeping and results.json: non-finite updates
+# skipped so far (train.skip_nonfinite_steps).
+_SKIPPED = "nonfinite_steps_skipped"
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
@@ -99,7 +113,10 @@ def _write_json(path: pathlib.Path, payload: dict[str, Any]) -> None:
   if jax.process_index() != 0:
     return
   tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+  with open(tmp, "w") as f:
+    f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())  # the rename must not reach the disk before the data
   tmp.replace(path)
 
 
@@ -143,7 +160,8 @@ class Run:
     replicated, sharded = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
     self.train_step = jax.jit(
         functools.partial(steps.train_step, model=self.model, input_names=names,
-                          grad_accum_steps=config.train.grad_accum_steps),
+                          grad_accum_steps=config.train.grad_accum_steps,
+                          skip_nonfinite=config.train.skip_nonfinite_steps),
         in_shardings=(replicated, sharded, replicated), out_shardings=replicated,
         donate_argnums=0)
     self.eval_step = jax.jit(
@@ -189,10 +207,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   run = Run(config, workdir)
   try:
     state = run.initial_state
-    meta = {"best_step": -1, "best_validation_accuracy": -1.0}
-    restored = run.checkpoints.restore_latest(run.abstract_state)
+    meta = {"best_step": -1, "best_validation_accuracy": -1.0, _SKIPPED: 0}
+    restored = run.checkpoints.restore_latest(run.abstract_state, set_aside_unreadable=True)
     if restored is not None:
       state, meta = restored
+      meta.setdefault(_SKIPPED, 0)  # checkpoints from before the count existed
       logging.info("Resumed from step %d in %s.", int(state.step), run.workdir)
     datasets = run.datasets(int(state.step))
     writer = metric_writers.create_default_writer(
@@ -203,7 +222,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         return state
       run.checkpoints.wait_until_finished()
       report = run.report(state, datasets)
-      report["best_validation_during_training"] = meta
+      report["best_validation_during_training"] = {
+          k: v for k, v in meta.items() if k != _SKIPPED}
+      report[_SKIPPED] = meta[_SKIPPED]
       _write_json(run.workdir / RESULTS_FILE, report)
       writer.write_scalars(int(state.step), {
           f"{which}_{split}_{k}": v for which in ("final", "best") if which in report
@@ -228,37 +249,106 @@ def _train(run: Run, state, meta: dict[str, Any], datasets: data.Datasets, write
       num_train_steps=c.num_train_steps, writer=writer, every_steps=c.log_every_steps)
   train_metrics = None
   train_batches = iter(_numpy_batches(datasets.train))
-  for step in range(start_step, c.num_train_steps):
-    batch = parallel.global_batch(next(train_batches), run.mesh)
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = run.train_step(state, batch, run.train_rng)
-    if step == start_step:
-      # Steps run asynchronously; a first step that fails (out of memory,
-      # say) should say so now, not as a chain of dispatch errors later.
-      jax.block_until_ready(state)
-    train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
-    done = step + 1
-    progress(done)
-    is_last = done == c.num_train_steps
-    if done % c.log_every_steps == 0 or is_last:
-      scalars = {f"train_{k}": v for k, v in train_metrics.compute().items()}
-      scalars["train_learning_rate"] = float(learning_rate(step))
-      _check_finite(scalars, done)
-      writer.write_scalars(done, scalars)
-      train_metrics = None
-    if done % c.eval_every_steps == 0 or is_last:
-      with progress.timed("eval"):
-        validation = run.evaluate(state, datasets.validation, c.num_eval_steps)
-      writer.write_scalars(done, {f"validation_{k}": v for k, v in validation.items()})
-      if validation["accuracy"] > meta["best_validation_accuracy"]:
-        meta = {"best_step": done, "best_validation_accuracy": validation["accuracy"]}
-        run.checkpoints.save_best(done, state, meta)
-    with progress.timed("checkpoint"):
-      run.checkpoints.save(done, state, meta, force=is_last)
-    if run.checkpoints.reached_preemption(done):
-      logging.warning("Preempted at step %d: checkpoint saved, stopping.", done)
-      return state, meta, True
+  with _StopOnSigterm() as sigterm:
+    for step in range(start_step, c.num_train_steps):
+      batch = parallel.global_batch(next(train_batches), run.mesh)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = run.train_step(state, batch, run.train_rng)
+      if step == start_step:
+        # Steps run asynchronously; a first step that fails (out of memory,
+        # say) should say so now, not as a chain of dispatch errors later.
+        jax.block_until_ready(state)
+      train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+      done = step + 1
+      progress(done)
+      is_last = done == c.num_train_steps
+      stopping = sigterm.received
+      log = done % c.log_every_steps == 0 or is_last
+      evaluate = done % c.eval_every_steps == 0 or is_last
+      save = is_last or stopping or run.checkpoints.due(done)
+      if not (log or evaluate or save):
+        continue
+      # Only here, where the state is about to be logged, evaluated or
+      # saved, does the loop wait for the device: steps stay asynchronous.
+      window = {k: v.item() for k, v in train_metrics.compute().items()}
+      skipped = window.pop("nonfinite_steps")
+      first_bad = window.pop("first_nonfinite_step")
+      if skipped and not c.skip_nonfinite_steps:
+        raise NonFiniteError(
+            f"Non-finite loss, gradient or parameters at step {first_bad} ({skipped} such "
+            f"step(s) up to step {done}); training stopped without saving that state. The last "
+            f"good checkpoint ({run.checkpoints.latest.latest_step()}) is kept: lower "
+            f"train.learning_rate, set train.grad_clip_norm, or skip such updates with "
+            f"train.skip_nonfinite_steps=True, then rerun to resume from it.")
+      if skipped and log:
+        logging.warning("Skipped %d non-finite update(s) in the steps up to %d, the first at "
+                        "step %d (train.skip_nonfinite_steps).", skipped, done, first_bad)
+      # `meta` counts the skips of logged windows; what is saved, also this one's.
+      saved_meta = {**meta, _SKIPPED: meta[_SKIPPED] + skipped}
+      if log:
+        scalars = {f"train_{k}": v for k, v in window.items()}
+        scalars["train_learning_rate"] = float(learning_rate(step))
+        scalars["train_nonfinite_steps_skipped"] = saved_meta[_SKIPPED]
+        if not c.skip_nonfinite_steps:
+          _check_finite(scalars, done)
+        writer.write_scalars(done, scalars)
+        train_metrics, meta = None, saved_meta
+      if evaluate:
+        with progress.timed("eval"):
+          validation = run.evaluate(state, datasets.validation, c.num_eval_steps)
+        writer.write_scalars(done, {f"validation_{k}": v for k, v in validation.items()})
+        if validation["accuracy"] > meta["best_validation_accuracy"]:
+          best = {"best_step": done, "best_validation_accuracy": validation["accuracy"]}
+          meta, saved_meta = {**meta, **best}, {**saved_meta, **best}
+          run.checkpoints.save_best(done, state, saved_meta)
+      if save:
+        with progress.timed("checkpoint"):
+          run.checkpoints.save(done, state, saved_meta, force=is_last or stopping)
+      if stopping or run.checkpoints.reached_preemption(done):
+        logging.warning("Preempted at step %d: checkpoint saved, stopping; rerun the same "
+                        "command to resume.", done)
+        return state, saved_meta, True
   return state, meta, False
+
+
+class NonFiniteError(errors.ConfigError, FloatingPointError):
+  """Training produced a non-finite loss, gradient or parameter.
+
+  A ConfigError, so the command line prints the message (the settings to
+  change) rather than a traceback.
+  """
+
+
+class _StopOnSigterm:
+  """Turns SIGTERM into a flag the loop reads at the next step boundary.
+
+  Only in a single-process run from the main thread: with several processes,
+  jax's preemption service owns SIGTERM and orbax's preemption policy agrees
+  a common step to save at (a local flag would stop one process alone). The
+  previous handler is put back on exit.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+    self._installed = False
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.received = True
+
+  def __enter__(self) -> _StopOnSigterm:
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._installed:
+      # None: the previous handler was not installed from Python.
+      signal.signal(signal.SIGTERM,
+                    signal.SIG_DFL if self._previous is None else self._previous)
+      self._installed = False
 
 
 def evaluate_checkpoints(config: ml_collections.ConfigDict,

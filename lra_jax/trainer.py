@@ -142,9 +142,11 @@ class Run:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     self.config = config
     self.workdir = pathlib.Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
     self.mesh = parallel.create_mesh()
     check_config(config, jax.device_count(), jax.process_count())
+    # Missing data stops the run before anything is compiled or written.
+    self.datasets()
+    self.workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir_config(self.workdir, config)
     self.model = models.create_model(config)
     root = jax.random.key(config.seed)

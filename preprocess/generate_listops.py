@@ -12,6 +12,8 @@ Train on it with --config.data.data_dir=OUTPUT_DIR.
 import argparse
 import dataclasses
 
+import tqdm
+
 from lra_jax.data import listops_generator
 
 
@@ -23,7 +25,11 @@ def main() -> None:
                         help=f"default {field.default}")
   args = vars(parser.parse_args())
   output_dir = args.pop("output_dir")
-  for path in listops_generator.write_tsvs(output_dir, listops_generator.GeneratorSettings(**args)):
+  settings = listops_generator.GeneratorSettings(**args)
+  total = settings.num_train + settings.num_val + settings.num_test
+  with tqdm.tqdm(total=total, unit="example", desc="ListOps") as bar:
+    paths = listops_generator.write_tsvs(output_dir, settings, progress=bar.update)
+  for path in paths:
     print(path)
 
 

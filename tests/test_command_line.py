@@ -43,6 +43,7 @@ def test_generate_listops_script_writes_the_release_files(tmp_path):
   assert result.returncode == 0, result.stderr
   lines = (tmp_path / "basic_val.tsv").read_text().splitlines()
   assert lines[0] == "Source\tTarget" and len(lines) == 4
+  assert "18/18" in result.stderr  # the progress bar reached every example
 
 
 def test_out_of_memory_says_how_to_fit_and_exits_cleanly(tmp_path):

@@ -24,7 +24,7 @@ import os
 import pathlib
 import random
 import statistics
-from typing import Union
+from typing import Any, Callable, Union
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 CLOSE = "]"
@@ -95,8 +95,12 @@ def evaluate(tree: Tree) -> int:
   return _apply(body, args[::-1])
 
 
-def generate(settings: GeneratorSettings) -> dict[str, list[tuple[str, int]]]:
-  """{'train', 'val', 'test'} -> [(source text, label)], deterministic in the settings."""
+def generate(settings: GeneratorSettings,
+             progress: Callable[[int], Any] | None = None) -> dict[str, list[tuple[str, int]]]:
+  """{'train', 'val', 'test'} -> [(source text, label)], deterministic in the settings.
+
+  `progress(1)` is called for every new example kept (e.g. a tqdm bar's update).
+  """
   if settings.min_length + 1 >= settings.max_length:
     raise ValueError(f"No length fits strictly between min_length={settings.min_length} and "
                      f"max_length={settings.max_length}.")
@@ -106,7 +110,11 @@ def generate(settings: GeneratorSettings) -> dict[str, list[tuple[str, int]]]:
   while len(examples) < wanted:
     tree, length = sample_tree(rng, 1, settings.max_depth, settings.max_args)
     if settings.min_length < length < settings.max_length:
-      examples.setdefault(to_string(tree), evaluate(tree))
+      source = to_string(tree)
+      if source not in examples:
+        examples[source] = evaluate(tree)
+        if progress is not None:
+          progress(1)
   rows = list(examples.items())
   first_test = settings.num_train + settings.num_val
   return {"train": rows[:settings.num_train], "val": rows[settings.num_train:first_test],
@@ -118,14 +126,15 @@ def tsv_path(data_dir: str | os.PathLike, split: str) -> pathlib.Path:
   return pathlib.Path(data_dir) / f"basic_{split}.tsv"
 
 
-def write_tsvs(data_dir: str | os.PathLike, settings: GeneratorSettings) -> list[pathlib.Path]:
+def write_tsvs(data_dir: str | os.PathLike, settings: GeneratorSettings,
+               progress: Callable[[int], Any] | None = None) -> list[pathlib.Path]:
   """Generates and writes basic_{train,val,test}.tsv as the LRA release lays them out
   (header `Source<TAB>Target`, one example a row). Each file appears whole or
   not at all, so concurrent writers with the same settings are harmless."""
   data_dir = pathlib.Path(data_dir)
   data_dir.mkdir(parents=True, exist_ok=True)
   paths = []
-  for split, rows in generate(settings).items():
+  for split, rows in generate(settings, progress).items():
     path = tsv_path(data_dir, split)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:

@@ -77,6 +77,7 @@ TrainMetrics = clu_metrics.Collection.create(
     **ClassificationMetrics.__annotations__, nonfinite_steps=_Count,
     first_nonfinite_step=_FirstStep)
 
+
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus the model's non-trainable `constants` collection."""
 

@@ -93,17 +93,21 @@ def time_attention(name: str, length: int, *, batch: int = 4, heads: int = 2, he
   variables = module.init({"params": jax.random.key(1), attention.ATTENTION_RNG: jax.random.key(2)},
                           q, k, v, mask, deterministic=True)
 
-  def loss(variables, q, k, v, rng):
-    out = module.apply(variables, q, k, v, mask, deterministic=True,
+  params = variables.get("params", {})
+  constants = {name: value for name, value in variables.items() if name != "params"}
+
+  def loss(params, q, k, v, rng):
+    out = module.apply({"params": params, **constants}, q, k, v, mask, deterministic=True,
                        rngs={attention.ATTENTION_RNG: rng})
     return jnp.sum(out.astype(jnp.float32) ** 2)
 
+  # Gradients for the parameters and q, k, v; constants (e.g. integer block
+  # patterns) are not trained.
   grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
-  compiled = grad.lower(variables, q, k, v, jax.random.key(0)).compile()
-  jax.block_until_ready(compiled(variables, q, k, v, jax.random.key(0)))
+  compiled = grad.lower(params, q, k, v, jax.random.key(0)).compile()
+  jax.block_until_ready(compiled(params, q, k, v, jax.random.key(0)))
   calls = iter(range(1, 1 << 30))
-  median = median_time_ms(lambda: compiled(variables, q, k, v, jax.random.key(next(calls))),
-                          repeats)
+  median = median_time_ms(lambda: compiled(params, q, k, v, jax.random.key(next(calls))), repeats)
   return Timing(name, length, median, _compiled_peak_bytes(compiled), _device_peak_bytes())
 
 

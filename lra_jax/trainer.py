@@ -121,10 +121,9 @@ def _write_json(path: pathlib.Path, payload: dict[str, Any]) -> None:
 
 
 def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir trained with another model or task."""
+  """Refuses to resume a workdir trained with another model or task (reads only)."""
   path = workdir / CONFIG_FILE
   if not path.exists():
-    _write_json(path, config.to_dict())
     return
   stored = json.loads(path.read_text())
   current = json.loads(config.to_json())
@@ -144,10 +143,12 @@ class Run:
     self.workdir = pathlib.Path(workdir)
     self.mesh = parallel.create_mesh()
     check_config(config, jax.device_count(), jax.process_count())
+    _check_workdir_config(self.workdir, config)
     # Missing data stops the run before anything is compiled or written.
     self.datasets()
     self.workdir.mkdir(parents=True, exist_ok=True)
-    _check_workdir_config(self.workdir, config)
+    if not (self.workdir / CONFIG_FILE).exists():
+      _write_json(self.workdir / CONFIG_FILE, config.to_dict())
     self.model = models.create_model(config)
     root = jax.random.key(config.seed)
     self.init_rng, self.train_rng, self.eval_rng = jax.random.split(root, 3)

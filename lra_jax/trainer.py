@@ -145,7 +145,8 @@ class Run:
     check_config(config, jax.device_count(), jax.process_count())
     _check_workdir_config(self.workdir, config)
     # Missing data stops the run before anything is compiled or written.
-    self.datasets()
+    self._fresh_datasets = data.get_datasets(config, process_index=jax.process_index(),
+                                             process_count=jax.process_count())
     self.workdir.mkdir(parents=True, exist_ok=True)
     if not (self.workdir / CONFIG_FILE).exists():
       _write_json(self.workdir / CONFIG_FILE, config.to_dict())
@@ -172,6 +173,9 @@ class Run:
         in_shardings=(replicated, sharded, replicated), out_shardings=replicated)
 
   def datasets(self, start_step: int = 0) -> data.Datasets:
+    """The splits, training from `start_step` (step 0's were built at start-up)."""
+    if start_step == 0:
+      return self._fresh_datasets
     return data.get_datasets(self.config, process_index=jax.process_index(),
                              process_count=jax.process_count(), start_step=start_step)
 

@@ -118,12 +118,8 @@ def main(argv=None):
   report = _report(ours, references, counterpart)
   print(report)
   if args.out:
-    path = pathlib.Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report)
-    path.with_suffix(".json").write_text(json.dumps(
-        {"ours": [t.__dict__ for t in ours], "references": [t.__dict__ for t in references]},
-        indent=1))
+    benchmark.write_report(args.out, report, {"ours": [t.__dict__ for t in ours],
+                                              "references": [t.__dict__ for t in references]})
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ import dataclasses
 import datetime
 import functools
 import importlib.util
-import json
 import math
 import os
 import pathlib
@@ -59,7 +58,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lra_jax import data, errors, models, parallel, steps, trainer
+from lra_jax import benchmark, data, errors, models, parallel, steps, trainer
 
 # Beside this script, so on sys.path when it runs as one.
 import synthetic_data  # pylint: disable=wrong-import-order
@@ -270,15 +269,6 @@ def _jitted_train_step(config: ml_collections.ConfigDict, model, mesh, grad_accu
       donate_argnums=0)
 
 
-def compiled_peak_bytes(compiled) -> int | None:
-  """Arguments + outputs + temporaries - donated buffers, from XLA's memory analysis."""
-  analysis = compiled.memory_analysis()
-  if analysis is None:
-    return None
-  return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
-
-
 def _accumulation_choices(batch_size: int, first: int, num_devices: int) -> list[int]:
   """Micro-batch counts from `first` up that split the batch evenly over the devices."""
   return [k for k in range(first, batch_size + 1)
@@ -303,7 +293,7 @@ def _fit_accumulation(config: ml_collections.ConfigDict, compile_step, full_batc
   accum = choices[0]
   while True:
     compiled = compile_step(accum, full_batch)
-    peak = compiled_peak_bytes(compiled)
+    peak = benchmark.compiled_peak_bytes(compiled)
     if peak is None or peak <= memory_budget:
       return accum, compiled, peak
     larger = [k for k in choices if k > accum]
@@ -535,11 +525,7 @@ def main(argv=None):
   text = report(rows, args, num_steps, memory_budget, (load_at_start, os.getloadavg()[0]))
   print(text)
   if args.out:
-    path = pathlib.Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.with_suffix(".json").write_text(json.dumps(
-        [dataclasses.asdict(row) for row in rows], indent=1))
+    benchmark.write_report(args.out, text, [dataclasses.asdict(row) for row in rows])
 
 
 if __name__ == "__main__":

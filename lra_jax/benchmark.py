@@ -18,6 +18,8 @@ GPU and TPU; on GPU the allocator's peak is reported beside it.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 import statistics
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -65,7 +67,8 @@ def random_inputs(length: int, batch: int = 4, heads: int = 2, head_dim: int = 3
   return q, k, v, jnp.ones((batch, length), bool)
 
 
-def _compiled_peak_bytes(compiled) -> int | None:
+def compiled_peak_bytes(compiled) -> int | None:
+  """Arguments + outputs + temporaries - donated buffers, from XLA's memory analysis."""
   analysis = compiled.memory_analysis()
   if analysis is None:
     return None
@@ -108,7 +111,7 @@ def time_attention(name: str, length: int, *, batch: int = 4, heads: int = 2, he
   jax.block_until_ready(compiled(params, q, k, v, jax.random.key(0)))
   calls = iter(range(1, 1 << 30))
   median = median_time_ms(lambda: compiled(params, q, k, v, jax.random.key(next(calls))), repeats)
-  return Timing(name, length, median, _compiled_peak_bytes(compiled), _device_peak_bytes())
+  return Timing(name, length, median, compiled_peak_bytes(compiled), _device_peak_bytes())
 
 
 def scaling_ratio(timings: Sequence[Timing], name: str, short: int, long: int) -> float | None:
@@ -129,3 +132,11 @@ def markdown_table(timings: Sequence[Timing], value: Callable[[Timing], str]) ->
   for length in lengths:
     lines.append(f"| {length} | " + " | ".join(cells.get((n, length), "–") for n in names) + " |")
   return "\n".join(lines)
+
+
+def write_report(path: str | pathlib.Path, markdown: str, payload: Any) -> None:
+  """Writes the markdown report at `path` and `payload` as JSON beside it (.json)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(markdown)
+  path.with_suffix(".json").write_text(json.dumps(payload, indent=1))

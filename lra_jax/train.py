@@ -46,39 +46,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # Exit status of a run stopped by bad input (the config, the workdir or the data).
 BAD_INPUT = 2
-# Attention methods with landmarks, and what happens when there are at least
-# as many as tokens (a documented fallback, not an error).
-_LANDMARK_FALLBACKS = {
-    "nystrom": "computes exact softmax attention at this length, as the reference does",
-    "skyformer": "samples them with replacement from the query and key rows, so some repeat",
-}
-
-
-def check_model(config) -> None:
-  """Settings the model cannot run with, checked before anything is built.
-
-  Raises:
-    errors.ConfigError: qkv_dim does not split into num_heads heads.
-  """
-  model = config.model
-  if model.qkv_dim % model.num_heads:
-    raise errors.ConfigError(
-        f"model.qkv_dim={model.qkv_dim} does not split into model.num_heads={model.num_heads} "
-        f"heads of equal size (every attention method needs qkv_dim = num_heads x head_dim); "
-        f"set --config.model.qkv_dim to a multiple of {model.num_heads} or change "
-        f"--config.model.num_heads.")
-  landmarks = model.attention_kwargs.get("num_landmarks")
-  length = config.data.padded_length
-  if model.attention in _LANDMARK_FALLBACKS and landmarks and landmarks >= length:
-    logging.warning(
-        "model.attention_kwargs.num_landmarks=%d >= data.padded_length=%d: %s %s. Set "
-        "--config.model.attention_kwargs.num_landmarks below %d for an approximation.",
-        landmarks, length, model.attention, _LANDMARK_FALLBACKS[model.attention], length)
-
-
 def run(config, workdir: str, mode: str) -> pathlib.Path:
   """Trains or evaluates; returns the path of the results file written."""
-  check_model(config)
   import tensorflow as tf
 
   from lra_jax import trainer

@@ -45,6 +45,7 @@ _SKIPPED = "nonfinite_steps_skipped"
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
   """Fails early, with what to change, on settings that cannot run."""
+  models.check_config(config)
   train, data_config = config.train, config.data
   for name in ("batch_size", "eval_batch_size"):
     size = data_config[name]

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lra_jax import attention, base_config, errors, models
+from lra_jax import attention, base_config, errors, models, trainer
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
@@ -107,3 +107,11 @@ def test_optional_hyperparameters_can_be_set_on_a_locked_config():
   assert config.model.attention_kwargs.conv_kernel_size == 35
   with pytest.raises(TypeError):
     config.model.attention_kwargs.conv_kernel_size = "wide"
+
+
+def test_heads_that_do_not_split_qkv_dim_fail_in_the_library_too():
+  # Library callers of trainer.train_and_evaluate get the same check as the command line.
+  config = base_config.get_config("listops", "softmax", "official")
+  config.model.update(qkv_dim=30, num_heads=4)
+  with pytest.raises(errors.ConfigError, match="does not split into model.num_heads=4"):
+    trainer.check_config(config, num_devices=1, num_processes=1)

@@ -24,6 +24,10 @@ setuptools.setup(
         "ml-collections==1.1.0",
         "absl-py==2.5.1",
         "numpy==2.4.6",
+        # Quasi-Monte-Carlo and special functions of the random-feature weight matrices.
+        "scipy==1.17.1",
+        # PNG plots of the benchmarks and the approximation-error heat maps.
+        "matplotlib==3.11.2",
         # tf.data and TFDS only; TF never touches the accelerators.
         "tensorflow-cpu==2.21.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
         "tensorflow==2.21.0; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
@@ -37,7 +41,7 @@ setuptools.setup(
         "tensorboard==2.21.0",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "sympy==1.14.0"],
         # NVIDIA GPUs (CUDA 12 wheels from PyPI).
         "cuda": [f"jax[cuda12]=={JAX_VERSION}"],
         # Cloud TPU VMs.

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lra_jax.attention import registry
+from lra_jax.attention.layout import heads_major, length_major
 from lra_jax.attention.softmax import dropout_rng, dropout_weights
 
 
@@ -21,8 +22,8 @@ def gaussian_kernel(x: jax.Array, y: jax.Array) -> jax.Array:
   """exp(-||x_i - y_j||^2 / 2) for every pair of rows, in float32.
 
   Args:
-    x: [batch, x_length, heads, dim].
-    y: [batch, y_length, heads, dim].
+    x: [batch, heads, x_length, dim] (head-major, see `layout`).
+    y: [batch, heads, y_length, dim].
 
   Returns:
     [batch, heads, x_length, y_length] float32, computed as
@@ -30,9 +31,9 @@ def gaussian_kernel(x: jax.Array, y: jax.Array) -> jax.Array:
   """
   x = x.astype(jnp.float32)
   y = y.astype(jnp.float32)
-  dots = jnp.einsum("bqhd,bkhd->bhqk", x, y, preferred_element_type=jnp.float32)
-  x_sq = jnp.einsum("bqhd,bqhd->bhq", x, x)[..., :, None]
-  y_sq = jnp.einsum("bkhd,bkhd->bhk", y, y)[..., None, :]
+  dots = jnp.einsum("bhqd,bhkd->bhqk", x, y, preferred_element_type=jnp.float32)
+  x_sq = jnp.sum(x * x, axis=-1)[..., :, None]
+  y_sq = jnp.sum(y * y, axis=-1)[..., None, :]
   return jnp.exp(dots - 0.5 * x_sq - 0.5 * y_sq)
 
 
@@ -68,10 +69,11 @@ def kernelized_attention(query: jax.Array, key: jax.Array, value: jax.Array, mas
   # Padded keys are zeroed before the kernel (as the reference does), so that
   # garbage there can never overflow; their column is then set to exactly 0.
   key = jnp.where(mask[:, :, None, None], key.astype(jnp.float32) * scale, 0.0)
-  weights = gaussian_kernel(query, key)
+  weights = gaussian_kernel(heads_major(query), heads_major(key))
   weights = jnp.where(mask[:, None, None, :], weights, 0.0)
   weights = dropout_weights(weights, dropout_rate, rng)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+  return length_major(jnp.einsum("bhqk,bhkd->bhqd", weights.astype(value.dtype),
+                                 heads_major(value)))
 
 
 class KernelizedAttention(nn.Module):

@@ -28,6 +28,7 @@ import numpy as np
 
 from lra_jax.attention import registry
 from lra_jax.attention.kernelized import gaussian_kernel, kernel_scale
+from lra_jax.attention.layout import heads_major, length_major
 from lra_jax.attention.softmax import softmax_attention
 
 # Finite rather than -inf (as in softmax.py): an all-masked row stays finite.
@@ -91,12 +92,12 @@ def _check_self_attention(query, key, value, mask):
 
 
 def _scaled_and_zero_padded(query, key, value, mask):
-  """float32 q, k scaled by head_dim^(-1/4) and v, all zero at padded positions."""
-  real = mask[:, :, None, None]
+  """Head-major float32 q, k scaled by head_dim^(-1/4) and v, all zero at padded positions."""
+  real = mask[:, None, :, None]
   scale = kernel_scale(query.shape[-1])
-  return (jnp.where(real, query.astype(jnp.float32) * scale, 0.0),
-          jnp.where(real, key.astype(jnp.float32) * scale, 0.0),
-          jnp.where(real, value.astype(jnp.float32), 0.0))
+  return (jnp.where(real, heads_major(query).astype(jnp.float32) * scale, 0.0),
+          jnp.where(real, heads_major(key).astype(jnp.float32) * scale, 0.0),
+          jnp.where(real, heads_major(value).astype(jnp.float32), 0.0))
 
 
 # ----------------------------------------------------------------------------
@@ -118,15 +119,18 @@ def segment_sizes(length: int, num_segments: int) -> np.ndarray:
   return np.array([small] * num_small + [small + 1] * (num_segments - num_small))
 
 
-def _segment_sums(x: jax.Array, num_segments: int) -> jax.Array:
-  """Sums of x over the `segment_sizes` segments of axis 1: [b, n, ...] -> [b, m, ...]."""
-  batch, length = x.shape[:2]
+def _segment_sums(x: jax.Array, num_segments: int, axis: int) -> jax.Array:
+  """Sums of x over the `segment_sizes` segments of `axis` (length n -> num_segments)."""
+  length = x.shape[axis]
   small = length // num_segments
   num_small = (small + 1) * num_segments - length
   split = num_small * small
-  head = x[:, :split].reshape(batch, num_small, small, *x.shape[2:]).sum(axis=2)
-  tail = x[:, split:].reshape(batch, num_segments - num_small, small + 1, *x.shape[2:]).sum(axis=2)
-  return jnp.concatenate([head, tail], axis=1)
+  before, after = x.shape[:axis], x.shape[axis + 1:]
+  head = jax.lax.slice_in_dim(x, 0, split, axis=axis)
+  tail = jax.lax.slice_in_dim(x, split, length, axis=axis)
+  head = head.reshape(*before, num_small, small, *after).sum(axis=axis + 1)
+  tail = tail.reshape(*before, num_segments - num_small, small + 1, *after).sum(axis=axis + 1)
+  return jnp.concatenate([head, tail], axis=axis)
 
 
 def _check_conv_kernel(conv_kernel: jax.Array, heads: int):
@@ -226,15 +230,15 @@ def _nystrom_approximation(query, key, value, mask, num_landmarks, num_iteration
   query, key, value = _scaled_and_zero_padded(query, key, value, mask)
 
   if segment_means_include_padding:
-    counts = jnp.asarray(segment_sizes(key.shape[1], num_landmarks), jnp.float32)[None]
+    counts = jnp.asarray(segment_sizes(mask.shape[1], num_landmarks), jnp.float32)[None]
   else:
-    counts = _segment_sums(mask.astype(jnp.float32), num_landmarks)  # [batch, m]
-  divisor = jnp.maximum(counts, 1.0)[:, :, None, None]
-  query_landmarks = _segment_sums(query, num_landmarks) / divisor  # [batch, m, heads, head_dim]
-  key_landmarks = _segment_sums(key, num_landmarks) / divisor
+    counts = _segment_sums(mask.astype(jnp.float32), num_landmarks, axis=1)  # [batch, m]
+  divisor = jnp.maximum(counts, 1.0)[:, None, :, None]
+  query_landmarks = _segment_sums(query, num_landmarks, axis=2) / divisor  # [batch, heads, m, head_dim]
+  key_landmarks = _segment_sums(key, num_landmarks, axis=2) / divisor
 
   def logits(x, y):
-    return jnp.einsum("bqhd,bkhd->bhqk", x, y, preferred_element_type=jnp.float32)
+    return jnp.einsum("bhqd,bhkd->bhqk", x, y, preferred_element_type=jnp.float32)
 
   kernel_1 = logits(query, key_landmarks)  # [batch, heads, n, m]
   kernel_2 = logits(query_landmarks, key_landmarks)  # [batch, heads, m, m]
@@ -254,9 +258,11 @@ def _nystrom_approximation(query, key, value, mask, num_landmarks, num_iteration
   kernel_3 = jax.nn.softmax(kernel_3, axis=-1)  # [batch, heads, m, n]
 
   inverse = iterative_pseudo_inverse(kernel_2, num_iterations, pinv_init)
-  left = jnp.einsum("bhqm,bhml->bhql", kernel_1, inverse)
-  right = jnp.einsum("bhlk,bkhd->bhld", kernel_3, value)
-  return jnp.einsum("bhql,bhld->bqhd", left, right)
+  # Right to left: n m d + m^2 d + n m d flops instead of the reference's
+  # (kernel_1 inverse)(kernel_3 v), whose n m^2 term is 4x the rest at m = 128.
+  landmark_values = jnp.einsum("bhlk,bhkd->bhld", kernel_3, value)  # [batch, heads, m, head_dim]
+  context = jnp.einsum("bhml,bhld->bhmd", inverse, landmark_values)
+  return length_major(jnp.einsum("bhqm,bhmd->bhqd", kernel_1, context))
 
 
 class NystromAttention(nn.Module):
@@ -391,8 +397,8 @@ def skyformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
 
   query, key, values = _scaled_and_zero_padded(query, key, value, mask)
 
-  stacked = jnp.concatenate([query, key], axis=1)  # [batch, 2 length, heads, head_dim]
-  landmarks = jnp.take_along_axis(stacked, indices[:, :, None, None], axis=1)
+  stacked = jnp.concatenate([query, key], axis=2)  # [batch, heads, 2 length, head_dim]
+  landmarks = jnp.take_along_axis(stacked, indices[:, None, :, None], axis=2)
   query_sketch = gaussian_kernel(query, landmarks)  # [batch, heads, length, d]
   key_sketch = jnp.where(mask[:, None, :, None], gaussian_kernel(key, landmarks), 0.0)
   core = gaussian_kernel(landmarks, landmarks) + jitter * jnp.eye(num_landmarks, dtype=jnp.float32)
@@ -401,10 +407,10 @@ def skyformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
   inverse = iterative_pseudo_inverse(normalised, num_iterations, pinv_init)
   inverse = inv_sqrt_degree[..., :, None] * inverse * inv_sqrt_degree[..., None, :]
 
-  key_values = jnp.einsum("bhkl,bkhd->bhld", key_sketch, values)  # [batch, heads, d, head_dim]
+  key_values = jnp.einsum("bhkl,bhkd->bhld", key_sketch, values)  # [batch, heads, d, head_dim]
   context = jnp.einsum("bhlm,bhld->bhmd", inverse, key_values)  # inverse^T key_values
-  out = jnp.einsum("bhqm,bhmd->bqhd", query_sketch, context)
-  return out.astype(value.dtype)
+  out = jnp.einsum("bhqm,bhmd->bhqd", query_sketch, context)
+  return length_major(out).astype(value.dtype)
 
 
 class SkyformerAttention(nn.Module):

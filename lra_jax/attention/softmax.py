@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from lra_jax.attention import registry
+from lra_jax.attention.layout import heads_major, length_major
 
 # Finite rather than -inf so that a row whose keys are all padding stays
 # finite (uniform weights) instead of producing NaN.
@@ -49,12 +50,14 @@ def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
     are computed in float32 whatever the input dtype.
   """
   head_dim = query.shape[-1]
-  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", heads_major(query), heads_major(key),
+                      preferred_element_type=jnp.float32)
   logits = logits / jnp.sqrt(jnp.float32(head_dim))
   logits = jnp.where(mask[:, None, None, :], logits, _MASK_VALUE)
   weights = jax.nn.softmax(logits, axis=-1)
   weights = dropout_weights(weights, dropout_rate, rng)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+  return length_major(jnp.einsum("bhqk,bhkd->bhqd", weights.astype(value.dtype),
+                                 heads_major(value)))
 
 
 class SoftmaxAttention(nn.Module):

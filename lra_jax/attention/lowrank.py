@@ -18,9 +18,15 @@ import jax
 import jax.numpy as jnp
 
 from lra_jax.attention import registry
+from lra_jax.attention.layout import heads_major, length_major
 
 # Standard deviation of the projection's initialisation in both reference repos.
 PROJECTION_STDDEV = 0.02
+# E is [heads or 1, k, length]: fans are the length (in) and k (out).
+PROJECTION_INITS = {
+    "normal": nn.initializers.normal(PROJECTION_STDDEV),
+    "xavier_uniform": nn.initializers.xavier_uniform(in_axis=-1, out_axis=-2, batch_axis=(0,)),
+}
 
 
 def linformer_projection(rng: jax.Array, heads: int, linformer_k: int, length: int) -> jax.Array:
@@ -46,7 +52,8 @@ def _check_positive(name: str, value: int):
 
 def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                         rng: jax.Array | None = None, projection: jax.Array | None = None,
-                        linformer_k: int | None = None) -> jax.Array:
+                        linformer_k: int | None = None,
+                        padded_positions_projected: bool = False) -> jax.Array:
   """Linformer attention (Wang et al. 2020, eq. 7 with key-value sharing), O(n k d).
 
   With M the padding mask, K' = E (M * K) and V' = E (M * V) per head, and
@@ -63,11 +70,15 @@ def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
     mask: [batch, length] bool, True for real tokens.
     rng: PRNG key of a fresh projection E (`linformer_projection`), used only
       when `projection` is None. The linen module passes its own E instead.
-    projection: [heads, k, length] projection E shared by keys and values;
-      None draws one from `rng`.
+    projection: [heads, k, length] projection E shared by keys and values, or
+      [1, k, length] for one E shared by every head too (the official LRA
+      code); None draws a per-head one from `rng`.
     linformer_k: projected length k. With `projection` None it sets the drawn
       E's k (None means 128, the reference default); with a projection it must
       equal projection.shape[1] or be None.
+    padded_positions_projected: the official LRA quirk: keys and values at
+      padded positions enter the projection (no padding mask at all), so real
+      outputs depend on whatever the padding holds.
 
   Returns:
     [batch, length, heads, head_dim] in `value.dtype`. The projections, logits
@@ -84,9 +95,9 @@ def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
                        "projection=[heads, k, length] or rng=jax.random.key(...).")
     projection = linformer_projection(rng, heads, 128 if linformer_k is None else linformer_k,
                                       length)
-  if projection.ndim != 3 or projection.shape[0] != heads or projection.shape[2] != length:
-    raise ValueError(f"The Linformer projection must be [heads, k, length] = [{heads}, k, {length}], "
-                     f"got shape {projection.shape}.")
+  if projection.ndim != 3 or projection.shape[0] not in (1, heads) or projection.shape[2] != length:
+    raise ValueError(f"The Linformer projection must be [heads, k, length] = [{heads}, k, {length}] "
+                     f"(or [1, k, {length}] shared by the heads), got shape {projection.shape}.")
   if linformer_k is not None and projection.shape[1] != linformer_k:
     raise ValueError(f"linformer_k={linformer_k} disagrees with the projection's k = "
                      f"{projection.shape[1]}; pass linformer_k=None with an explicit projection.")
@@ -96,17 +107,28 @@ def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
 
   out_dtype = value.dtype
   projection = projection.astype(jnp.float32)
-  real = mask[:, :, None, None]
-  key = jnp.where(real, key.astype(jnp.float32), 0.0)
-  value = jnp.where(real, value.astype(jnp.float32), 0.0)
-  projected_key = jnp.einsum("hkn,bnhd->bhkd", projection, key, preferred_element_type=jnp.float32)
-  projected_value = jnp.einsum("hkn,bnhd->bhkd", projection, value,
-                               preferred_element_type=jnp.float32)
-  logits = jnp.einsum("bqhd,bhkd->bhqk", query.astype(jnp.float32), projected_key,
+  if padded_positions_projected:
+    key, value = key.astype(jnp.float32), value.astype(jnp.float32)
+  else:
+    real = mask[:, :, None, None]
+    key = jnp.where(real, key.astype(jnp.float32), 0.0)
+    value = jnp.where(real, value.astype(jnp.float32), 0.0)
+  if projection.shape[0] == 1:
+    # One E for every head: a single [k, n] x [n, heads * head_dim] product.
+    def project(x):
+      flat = x.reshape(batch, length, heads * head_dim)
+      projected = jnp.einsum("kn,bnf->bkf", projection[0], flat, preferred_element_type=jnp.float32)
+      return heads_major(projected.reshape(batch, -1, heads, head_dim))
+  else:
+    def project(x):
+      return jnp.einsum("hkn,bhnd->bhkd", projection, heads_major(x),
+                        preferred_element_type=jnp.float32)
+  projected_key, projected_value = project(key), project(value)  # [batch, heads, k, head_dim]
+  logits = jnp.einsum("bhqd,bhkd->bhqk", heads_major(query).astype(jnp.float32), projected_key,
                       preferred_element_type=jnp.float32)
   weights = jax.nn.softmax(logits / jnp.sqrt(jnp.float32(head_dim)), axis=-1)
-  out = jnp.einsum("bhqk,bhkd->bqhd", weights, projected_value, preferred_element_type=jnp.float32)
-  return out.astype(out_dtype)
+  out = jnp.einsum("bhqk,bhkd->bhqd", weights, projected_value, preferred_element_type=jnp.float32)
+  return length_major(out).astype(out_dtype)
 
 
 class LinformerAttention(nn.Module):
@@ -127,6 +149,12 @@ class LinformerAttention(nn.Module):
     * No attention dropout: `dropout_rate` is accepted for the registry
       protocol and ignored (neither reference applies dropout here).
 
+  The official LRA Linformer (lra_official_jax.md §7.5) is the setting
+  `linformer_k=16, shared_across_heads=True, projection_init='xavier_uniform'`:
+  one E for keys, values and every head, xavier-uniform initialised. Its
+  padding bug, padded keys and values projected with the real ones, is
+  `padded_positions_projected=True` (default False: zeroed first).
+
   Difference not reproduced: the Nyströmformer repo's Linformer stores E as a
   class attribute, so a single E is shared by every layer (layer-wise
   sharing, the paper's most aggressive sharing variant); here every layer has
@@ -137,18 +165,29 @@ class LinformerAttention(nn.Module):
     linformer_k: projected length k (reference: 128).
     trainable_projection: E learned (True, the paper) or fixed at its random
       initialisation (False, the Skyformer reference).
+    shared_across_heads: one E [1, k, length] for every head (official LRA)
+      instead of one per head (the seed repos).
+    projection_init: 'normal' (N(0, 0.02^2), the seed repos) or
+      'xavier_uniform' (official LRA).
+    padded_positions_projected: the official LRA padding quirk (see above).
   """
 
   dropout_rate: float = 0.0
   linformer_k: int = 128
   trainable_projection: bool = True
+  shared_across_heads: bool = False
+  projection_init: str = "normal"
+  padded_positions_projected: bool = False
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):
     del deterministic
     _check_positive("linformer_k", self.linformer_k)
+    if self.projection_init not in PROJECTION_INITS:
+      raise ValueError(f"Unknown Linformer projection_init {self.projection_init!r}; valid: "
+                       f"{', '.join(PROJECTION_INITS)}.")
     heads, length = key.shape[2], key.shape[1]
-    shape = (heads, self.linformer_k, length)
+    shape = (1 if self.shared_across_heads else heads, self.linformer_k, length)
     collection = "params" if self.trainable_projection else registry.CONSTANTS
     if self.has_variable(collection, "projection"):
       stored = self.get_variable(collection, "projection").shape
@@ -158,14 +197,15 @@ class LinformerAttention(nn.Module):
             f"(length is fixed at initialisation) but the inputs need {shape}: the runtime length "
             f"{length} differs from the length at initialisation {stored[2]}. Pad or crop the "
             f"inputs to {stored[2]} tokens, or initialise the model at length {length}.")
+    initializer = PROJECTION_INITS[self.projection_init]
     if self.trainable_projection:
-      projection = self.param("projection", nn.initializers.normal(PROJECTION_STDDEV), shape,
-                              jnp.float32)
+      projection = self.param("projection", initializer, shape, jnp.float32)
     else:
       projection = self.variable(
           registry.CONSTANTS, "projection",
-          lambda: linformer_projection(self.make_rng(registry.ATTENTION_RNG), *shape)).value
-    return linformer_attention(query, key, value, mask, projection=projection)
+          lambda: initializer(self.make_rng(registry.ATTENTION_RNG), shape, jnp.float32)).value
+    return linformer_attention(query, key, value, mask, projection=projection,
+                               padded_positions_projected=self.padded_positions_projected)
 
 
 # Contract-test inputs have length 24: k = 8 is a genuine reduction.

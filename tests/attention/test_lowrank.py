@@ -194,3 +194,48 @@ def test_softmax_is_float32_under_bfloat16():
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(out, np.float32), _numpy_linformer(q, k, v, mask, projection),
                              atol=0.02, rtol=0.02)
+
+
+def test_projection_shared_by_heads_equals_the_same_projection_per_head():
+  q, k, v, mask = _inputs()
+  shared = lowrank.linformer_projection(jax.random.key(4), 1, 8, LENGTH)
+  out = attention.linformer_attention(q, k, v, mask, projection=shared)
+  per_head = attention.linformer_attention(q, k, v, mask,
+                                           projection=jnp.broadcast_to(shared, (HEADS, 8, LENGTH)))
+  np.testing.assert_allclose(out, per_head, rtol=1e-5, atol=1e-6)
+  expected = _numpy_linformer(q, k, v, mask, np.broadcast_to(shared, (HEADS, 8, LENGTH)))
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_official_lra_setting_one_xavier_projection_for_all_heads():
+  q, k, v, mask = _inputs()
+  module = lowrank.LinformerAttention(linformer_k=16, shared_across_heads=True,
+                                      projection_init="xavier_uniform")
+  variables = module.init(jax.random.key(0), q, k, v, mask, deterministic=True)
+  projection = variables["params"]["projection"]
+  assert projection.shape == (1, 16, LENGTH)
+  limit = np.sqrt(6.0 / (16 + LENGTH))
+  assert np.abs(projection).max() <= limit and np.abs(projection).max() > 0.8 * limit
+
+
+def test_padded_positions_projected_quirk_lets_padding_change_real_outputs():
+  q, k, v, mask = _inputs()
+  projection = lowrank.linformer_projection(jax.random.key(5), HEADS, 8, LENGTH)
+  garbage_k = k.at[1, 15:].set(100.0)
+  for quirk, changes in ((False, False), (True, True)):
+    clean = attention.linformer_attention(q, k, v, mask, projection=projection,
+                                          padded_positions_projected=quirk)
+    dirty = attention.linformer_attention(q, garbage_k, v, mask, projection=projection,
+                                          padded_positions_projected=quirk)
+    assert (not np.allclose(clean[1, :15], dirty[1, :15], atol=1e-4)) == changes
+  unmasked = attention.linformer_attention(q, k, v, jnp.ones_like(mask), projection=projection)
+  quirk = attention.linformer_attention(q, k, v, mask, projection=projection,
+                                        padded_positions_projected=True)
+  np.testing.assert_allclose(quirk, unmasked, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_projection_init_lists_the_valid_ones():
+  q, k, v, mask = _inputs()
+  with pytest.raises(ValueError, match="normal, xavier_uniform"):
+    lowrank.LinformerAttention(projection_init="orthogonal").init(jax.random.key(0), q, k, v, mask,
+                                                                  deterministic=True)

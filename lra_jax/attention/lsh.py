@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lra_jax.attention import registry
+from lra_jax.attention.layout import heads_major, length_major
 from lra_jax.attention.softmax import dropout_rng, dropout_weights
 
 # HF's float32 mask values. Padded keys are replaced by -1e9; the self logit
@@ -228,12 +229,12 @@ def _masked_logits(queries, keys, query_positions, key_positions, key_mask):
 def _full_shared_qk_attention(query, value, mask, dropout_rate, dropout_key):
   """HF's path for length <= chunk_length: one chunk, no hashing, no rounds."""
   length = query.shape[1]
-  queries = jnp.swapaxes(query, 1, 2)  # [batch, heads, length, head_dim]
+  queries = heads_major(query)
   positions = jnp.arange(length)
   logits = _masked_logits(queries, _length_normalised_keys(queries), positions, positions,
                           mask[:, None, :])
   weights = dropout_weights(jax.nn.softmax(logits, axis=-1), dropout_rate, dropout_key)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(jnp.float32))
+  return length_major(jnp.einsum("bhqk,bhkd->bhqd", weights, heads_major(value).astype(jnp.float32)))
 
 
 def _duplicate_counts(query_chunks, key_chunks, num_chunks, before, after):

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from lra_jax.attention import registry
+from lra_jax.attention.layout import heads_major, length_major
 from lra_jax.attention.softmax import softmax_attention
 
 # Finite rather than -inf (as in softmax.py): an all-masked row stays finite.
@@ -245,13 +246,14 @@ def informer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
   measure = informer_sparsity(query, key, mask, indices, ignore_padding=ignore_padding)
   _, top = jax.lax.top_k(measure, num_top)  # [batch, heads, u]
 
-  selected = jnp.take_along_axis(jnp.transpose(query, (0, 2, 1, 3)), top[..., None], axis=2)
-  logits = jnp.einsum("bhud,bkhd->bhuk", selected, key, preferred_element_type=jnp.float32)
+  selected = jnp.take_along_axis(heads_major(query), top[..., None], axis=2)
+  logits = jnp.einsum("bhud,bhkd->bhuk", selected, heads_major(key),
+                      preferred_element_type=jnp.float32)
   logits = logits / jnp.sqrt(jnp.float32(head_dim))
   if not ignore_padding:
     logits = jnp.where(mask[:, None, None, :], logits, _MASK_VALUE)
   weights = jax.nn.softmax(logits, axis=-1)
-  exact = jnp.einsum("bhuk,bkhd->bhud", weights.astype(value.dtype), value,
+  exact = jnp.einsum("bhuk,bhkd->bhud", weights.astype(value.dtype), heads_major(value),
                      preferred_element_type=jnp.float32)
 
   values = value.astype(jnp.float32)
@@ -263,7 +265,7 @@ def informer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
     lazy = jnp.sum(jnp.where(real, values, 0.0), axis=1) / count
   out = jnp.broadcast_to(lazy[:, :, None, :], (batch, heads, length, head_dim))
   out = out.at[jnp.arange(batch)[:, None, None], jnp.arange(heads)[None, :, None], top].set(exact)
-  return jnp.transpose(out, (0, 2, 1, 3)).astype(value.dtype)
+  return length_major(out).astype(value.dtype)
 
 
 class InformerAttention(nn.Module):

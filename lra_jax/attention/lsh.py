@@ -218,21 +218,34 @@ def _length_normalised_keys(x: jax.Array) -> jax.Array:
   return x / jnp.sqrt(jnp.float32(head_dim))
 
 
-def _masked_logits(queries, keys, query_positions, key_positions, key_mask):
-  """q . k with padded keys set to -1e9 and self set to -1e5 (HF order: padding first)."""
+def _shared_keys(queries: jax.Array, official_lra_logits: bool) -> jax.Array:
+  """The keys of shared-QK attention: normalised queries, or the queries themselves (official LRA)."""
+  return queries if official_lra_logits else _length_normalised_keys(queries)
+
+
+def _masked_logits(queries, keys, query_positions, key_positions, key_mask, official_lra_logits):
+  """q . k with padded keys set to -1e9 and self set to -1e5 (HF order: padding first).
+
+  With `official_lra_logits`, q . k * sqrt(head_dim) and no self mask (the
+  official LRA code's dot product).
+  """
   dots = jnp.einsum("...qd,...kd->...qk", queries, keys, preferred_element_type=jnp.float32)
+  if official_lra_logits:
+    dots = dots * jnp.sqrt(jnp.float32(queries.shape[-1]))
   dots = jnp.where(key_mask[..., None, :], dots, _PAD_MASK_VALUE)
+  if official_lra_logits:
+    return dots
   is_self = query_positions[..., :, None] == key_positions[..., None, :]
   return jnp.where(is_self, _SELF_MASK_VALUE, dots)
 
 
-def _full_shared_qk_attention(query, value, mask, dropout_rate, dropout_key):
+def _full_shared_qk_attention(query, value, mask, dropout_rate, dropout_key, official_lra_logits):
   """HF's path for length <= chunk_length: one chunk, no hashing, no rounds."""
   length = query.shape[1]
   queries = heads_major(query)
   positions = jnp.arange(length)
-  logits = _masked_logits(queries, _length_normalised_keys(queries), positions, positions,
-                          mask[:, None, :])
+  logits = _masked_logits(queries, _shared_keys(queries, official_lra_logits), positions, positions,
+                          mask[:, None, :], official_lra_logits)
   weights = dropout_weights(jax.nn.softmax(logits, axis=-1), dropout_rate, dropout_key)
   return length_major(jnp.einsum("bhqk,bhkd->bhqd", weights, heads_major(value).astype(jnp.float32)))
 
@@ -255,7 +268,7 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
                        rng: jax.Array | None = None, num_hash: int = 2, chunk_length: int = 64,
                        num_chunks_before: int = 1, num_chunks_after: int = 0,
                        num_buckets: int | tuple[int, ...] | None = None,
-                       correct_duplicates: bool = True,
+                       correct_duplicates: bool = True, official_lra_logits: bool = False,
                        dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
   """Reformer LSH self-attention with shared queries and keys (Kitaev et al. 2020, §2-3).
 
@@ -301,6 +314,10 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
       m_ij = log N_ij), so the rounds combine into one softmax over the union
       of the windows (the paper's maths, default). False reproduces the
       reference (HF), which leaves it out.
+    official_lra_logits: the official LRA code's logits (lra_official_jax.md
+      §7.8): keys are the raw queries (no length normalisation), q . k is
+      multiplied by sqrt(head_dim) instead of divided, and nothing stops a
+      token attending to itself. Off by default.
     dropout_rate: dropout on the attention weights of each round (after the
       log-sum-exp weights are taken, as HF does; reference: 0.0).
     dropout_rng: PRNG key of the dropout mask; None means no dropout.
@@ -325,7 +342,8 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
   batch, length, heads, head_dim = query.shape
   query = query.astype(jnp.float32)
   if length <= chunk_length:
-    return _full_shared_qk_attention(query, value, mask, dropout_rate, dropout_rng).astype(value.dtype)
+    return _full_shared_qk_attention(query, value, mask, dropout_rate, dropout_rng,
+                                     official_lra_logits).astype(value.dtype)
   if length % chunk_length:
     # Masked positions up to the next multiple of chunk_length: they hash to
     # the padding bucket, after every real token, and are never attended to.
@@ -335,8 +353,8 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
         pad(query), None, pad(value), pad(mask), rng=rng, num_hash=num_hash,
         chunk_length=chunk_length, num_chunks_before=num_chunks_before,
         num_chunks_after=num_chunks_after, num_buckets=num_buckets,
-        correct_duplicates=correct_duplicates, dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng)[:, :length]
+        correct_duplicates=correct_duplicates, official_lra_logits=official_lra_logits,
+        dropout_rate=dropout_rate, dropout_rng=dropout_rng)[:, :length]
   if num_buckets is None:
     num_buckets = default_num_buckets(length, chunk_length)
   total_buckets = num_buckets_total(num_buckets)
@@ -370,8 +388,9 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
   queries = sort(query)  # [b, h, R n, d]
   values = sort(value.astype(jnp.float32))
   key_mask = _take(jnp.broadcast_to(mask[:, None, :], (batch, heads, length)), positions)
-  logits = _masked_logits(chunked(queries), window(_length_normalised_keys(queries)),
-                          chunked(positions), window(positions), window(key_mask))
+  logits = _masked_logits(chunked(queries), window(_shared_keys(queries, official_lra_logits)),
+                          chunked(positions), window(positions), window(key_mask),
+                          official_lra_logits)
   if correct_duplicates:
     # Chunk of every token's copy in each round, looked up per sorted slot.
     round_chunks = jnp.swapaxes((undo // chunk_length).reshape(batch, heads, num_hash, length), 2, 3)
@@ -433,6 +452,19 @@ class ReformerAttention(nn.Module):
       attention_dropout_rate to 0.0 to match (this module applies the rate it
       is given to the attention weights).
 
+  The official LRA Reformer (lra_official_jax.md §7.8) is the setting
+  `num_hash=1, num_buckets=10, chunk_length=ceil(length / 10),
+  num_chunks_before=1` (its 10 equal chunks, each looking one back with
+  wrap-around). Its bugs, behind options off by default:
+    * keys not length-normalised, logits multiplied by sqrt(head_dim), no
+      self mask: `official_lra_logits=True`;
+    * rotations from a fixed PRNGKey(0) on every call, identical for every
+      layer and step: `fixed_hash_key=True` (here still one draw per head;
+      the official shares one rotation by all heads).
+  Not reproduced: the official has no padding mask at all (here padded
+  tokens keep their own bucket), forces qkv_dim to emb_dim and drops the
+  output projection (model-level differences).
+
   Attributes:
     dropout_rate: dropout on the attention weights, active when not
       deterministic (reference: 0.0).
@@ -444,6 +476,8 @@ class ReformerAttention(nn.Module):
       (`default_num_buckets`, factorised above 4096 tokens at chunk 64); the
       pure function also takes a tuple of factors.
     correct_duplicates: the paper's log N_ij correction (off in the reference).
+    official_lra_logits: the official LRA code's logits (see above).
+    fixed_hash_key: hash with jax.random.key(0) on every call (official LRA).
   """
 
   dropout_rate: float = 0.0
@@ -453,15 +487,18 @@ class ReformerAttention(nn.Module):
   num_chunks_after: int = 0
   num_buckets: int | None = None
   correct_duplicates: bool = True
+  official_lra_logits: bool = False
+  fixed_hash_key: bool = False
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):
+    rng = jax.random.key(0) if self.fixed_hash_key else self.make_rng(registry.ATTENTION_RNG)
     return reformer_attention(
-        query, key, value, mask, rng=self.make_rng(registry.ATTENTION_RNG), num_hash=self.num_hash,
+        query, key, value, mask, rng=rng, num_hash=self.num_hash,
         chunk_length=self.chunk_length, num_chunks_before=self.num_chunks_before,
         num_chunks_after=self.num_chunks_after, num_buckets=self.num_buckets,
-        correct_duplicates=self.correct_duplicates, dropout_rate=self.dropout_rate,
-        dropout_rng=dropout_rng(self, self.dropout_rate, deterministic))
+        correct_duplicates=self.correct_duplicates, official_lra_logits=self.official_lra_logits,
+        dropout_rate=self.dropout_rate, dropout_rng=dropout_rng(self, self.dropout_rate, deterministic))
 
 
 # Contract-test inputs have length 24, one sequence with 15 real tokens: 6

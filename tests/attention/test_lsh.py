@@ -13,7 +13,7 @@ from lra_jax.attention import lsh
 # compiling its many primitives one by one for every new shape in eager mode.
 _reformer = jax.jit(attention.reformer_attention, static_argnames=(
     "num_hash", "chunk_length", "num_chunks_before", "num_chunks_after", "num_buckets",
-    "correct_duplicates", "dropout_rate"))
+    "correct_duplicates", "official_lra_logits", "dropout_rate"))
 
 
 def _inputs(length=24, lengths=(24, 15), heads=2, head_dim=8, seed=0, dtype=jnp.float32):
@@ -335,7 +335,7 @@ def test_default_num_buckets_follows_hf():
   assert lsh.default_num_buckets(64, 64) == 2
   assert attention.default_hyperparameters("reformer") == dict(
       num_hash=2, chunk_length=64, num_chunks_before=1, num_chunks_after=0, num_buckets=None,
-      correct_duplicates=True)
+      correct_duplicates=True, official_lra_logits=False, fixed_hash_key=False)
   q, k, v, mask = _inputs()
   np.testing.assert_array_equal(
       _reformer(q, k, v, mask, rng=jax.random.key(0), chunk_length=4),
@@ -412,3 +412,30 @@ def test_bfloat16_keeps_softmax_in_float32():
   exp_dtypes = {str(eqn.outvars[0].aval.dtype) for eqn in jaxpr.jaxpr.eqns
                 if eqn.primitive.name == "exp"}
   assert exp_dtypes == {"float32"}
+
+
+def test_official_lra_logits_one_chunk_is_unnormalised_shared_qk_times_sqrt_d_with_self():
+  q, k, v, mask = _inputs()
+  out = _reformer(q, k, v, mask, rng=jax.random.key(0), chunk_length=24, num_chunks_before=0,
+                  num_hash=1, num_buckets=4, official_lra_logits=True)
+  q64, v64 = np.asarray(q, np.float64), np.asarray(v, np.float64)
+  logits = np.einsum("bqhd,bkhd->bhqk", q64, q64) * np.sqrt(q.shape[-1])
+  logits = np.where(np.asarray(mask)[:, None, None, :], logits, -1e9)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  expected = np.einsum("bhqk,bkhd->bqhd", weights, v64)
+  np.testing.assert_allclose(_real(out, mask), _real(expected, mask), rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_hash_key_gives_the_same_rotations_on_every_call_and_layer():
+  q, k, v, mask = _inputs()
+  module = lsh.ReformerAttention(chunk_length=4, num_buckets=4, fixed_hash_key=True)
+  calls = [module.apply({}, q, k, v, mask, deterministic=True,
+                        rngs={attention.ATTENTION_RNG: jax.random.key(seed)}) for seed in (1, 2)]
+  np.testing.assert_array_equal(calls[0], calls[1])
+  np.testing.assert_array_equal(calls[0], attention.reformer_attention(
+      q, k, v, mask, rng=jax.random.key(0), chunk_length=4, num_buckets=4))
+  fresh = lsh.ReformerAttention(chunk_length=4, num_buckets=4)
+  draws = [fresh.apply({}, q, k, v, mask, deterministic=True,
+                       rngs={attention.ATTENTION_RNG: jax.random.key(seed)}) for seed in (1, 2)]
+  assert not np.allclose(draws[0], draws[1])

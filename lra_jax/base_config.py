@@ -244,6 +244,14 @@ def _common(task: str, attention: str, protocol: str) -> ml_collections.ConfigDi
   # functions of the seed and step), and the skips are logged and counted in
   # results.json.
   c.train.skip_nonfinite_steps = False
+  # Early stopping (the Skeinformer repo's rule, skyformer_skeinformer.md §4):
+  # stop when the validation loss has not improved on its best for this many
+  # consecutive evaluations; None trains all num_train_steps. Never before
+  # early_stopping_min_steps (the reference's num_init_steps guard, which its
+  # code never enforces: 0 reproduces it). The test metrics of the final,
+  # early-stopped state are the reference's reported numbers.
+  c.train.early_stopping_patience = ml_collections.config_dict.placeholder(int)
+  c.train.early_stopping_min_steps = 0
   # Evaluate on validation every N steps, over at most num_eval_steps batches
   # (-1: the whole split). The final test always uses the whole test split.
   c.train.eval_every_steps = 50

@@ -41,6 +41,11 @@ CONFIG_FILE = "config.json"
 # Key of the checkpoint bookkeeping and results.json: non-finite updates
 # skipped so far (train.skip_nonfinite_steps).
 _SKIPPED = "nonfinite_steps_skipped"
+# Bookkeeping of early stopping (train.early_stopping_patience), in the same
+# checkpoint metadata so that a resumed run keeps counting, and a run that
+# stopped early stays stopped.
+_EARLY_STOPPING_DEFAULTS = {"best_validation_loss": None, "evaluations_without_improvement": 0,
+                            "early_stopped_at_step": None}
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
@@ -64,6 +69,11 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   for name in ("num_train_steps", "eval_every_steps", "log_every_steps", "checkpoint_every_steps"):
     if train[name] <= 0:
       raise errors.ConfigError(f"train.{name} must be positive, got {train[name]}.")
+  patience = train.get("early_stopping_patience")
+  if patience is not None and patience <= 0:
+    raise errors.ConfigError(
+        f"train.early_stopping_patience must be a positive number of evaluations (the Skeinformer "
+        f"repo uses 10), got {patience}; leave it unset to train all num_train_steps.")
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array,
@@ -215,11 +225,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   run = Run(config, workdir)
   try:
     state = run.initial_state
-    meta = {"best_step": -1, "best_validation_accuracy": -1.0, _SKIPPED: 0}
+    meta = {"best_step": -1, "best_validation_accuracy": -1.0, _SKIPPED: 0,
+            **_EARLY_STOPPING_DEFAULTS}
     restored = run.checkpoints.restore_latest(run.abstract_state, set_aside_unreadable=True)
     if restored is not None:
       state, meta = restored
-      meta.setdefault(_SKIPPED, 0)  # checkpoints from before the count existed
+      # Checkpoints from before these counts existed.
+      meta = {_SKIPPED: 0, **_EARLY_STOPPING_DEFAULTS, **meta}
       logging.info("Resumed from step %d in %s.", int(state.step), run.workdir)
     datasets = run.datasets(int(state.step))
     writer = metric_writers.create_default_writer(
@@ -250,6 +262,10 @@ def _train(run: Run, state, meta: dict[str, Any], datasets: data.Datasets, write
   """
   c = run.config.train
   start_step = int(state.step)
+  if meta["early_stopped_at_step"] is not None:
+    logging.info("Early stopping ended this run at step %d; nothing left to train.",
+                 meta["early_stopped_at_step"])
+    return state, meta, False
   learning_rate = schedules.create_learning_rate_fn(c)
   if start_step == 0:
     writer.write_hparams(_flatten(run.config.to_dict()))
@@ -305,18 +321,46 @@ def _train(run: Run, state, meta: dict[str, Any], datasets: data.Datasets, write
         with progress.timed("eval"):
           validation = run.evaluate(state, datasets.validation, c.num_eval_steps)
         writer.write_scalars(done, {f"validation_{k}": v for k, v in validation.items()})
+        updates = _early_stopping_updates(c, meta, validation["loss"], done)
         if validation["accuracy"] > meta["best_validation_accuracy"]:
-          best = {"best_step": done, "best_validation_accuracy": validation["accuracy"]}
-          meta, saved_meta = {**meta, **best}, {**saved_meta, **best}
+          updates.update(best_step=done, best_validation_accuracy=validation["accuracy"])
+        meta, saved_meta = {**meta, **updates}, {**saved_meta, **updates}
+        if "best_step" in updates:
           run.checkpoints.save_best(done, state, saved_meta)
+        if meta["early_stopped_at_step"] is not None:
+          logging.info("Early stopping at step %d: validation loss has not improved on %.4f for "
+                       "%d evaluations (train.early_stopping_patience).", done,
+                       meta["best_validation_loss"], c.early_stopping_patience)
+          is_last = save = True
       if save:
         with progress.timed("checkpoint"):
           run.checkpoints.save(done, state, saved_meta, force=is_last or stopping)
+      if meta["early_stopped_at_step"] is not None:
+        return state, meta, False
       if stopping or run.checkpoints.reached_preemption(done):
         logging.warning("Preempted at step %d: checkpoint saved, stopping; rerun the same "
                         "command to resume.", done)
         return state, saved_meta, True
   return state, meta, False
+
+
+def _early_stopping_updates(c: ml_collections.ConfigDict, meta: dict[str, Any],
+                            validation_loss: float, step: int) -> dict[str, Any]:
+  """The Skeinformer rule: count evaluations whose validation loss is not below the best so far.
+
+  Stops (sets early_stopped_at_step) when the count reaches
+  train.early_stopping_patience, not before train.early_stopping_min_steps.
+  """
+  best = meta["best_validation_loss"]
+  if best is None or validation_loss < best:
+    updates = {"best_validation_loss": validation_loss, "evaluations_without_improvement": 0}
+  else:
+    updates = {"evaluations_without_improvement": meta["evaluations_without_improvement"] + 1}
+  patience = c.early_stopping_patience
+  if (patience is not None and updates["evaluations_without_improvement"] >= patience
+      and step >= c.early_stopping_min_steps):
+    updates["early_stopped_at_step"] = step
+  return updates
 
 
 class NonFiniteError(errors.ConfigError, FloatingPointError):

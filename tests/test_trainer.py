@@ -152,3 +152,46 @@ def test_eval_mode_without_checkpoint_says_to_train_first(data_dir, tmp_path):
   with pytest.raises(errors.DataNotFoundError, match="train first"):
     trainer.evaluate_checkpoints(tiny_config(data_dir), tmp_path)
 
+
+
+def test_early_stopping_counts_evaluations_without_a_lower_validation_loss():
+  c = tiny_config(".", early_stopping_patience=2, early_stopping_min_steps=0).train
+  meta = dict(trainer._EARLY_STOPPING_DEFAULTS)
+  stopped = []
+  for step, loss in enumerate([1.0, 0.9, 0.95, 0.9], start=1):
+    meta.update(trainer._early_stopping_updates(c, meta, loss, step))
+    stopped.append(meta["early_stopped_at_step"])
+  # 0.9 is not below the best 0.9: the second evaluation without improvement.
+  assert stopped == [None, None, None, 4]
+  assert meta["best_validation_loss"] == 0.9
+  c.early_stopping_min_steps = 6
+  meta = dict(trainer._EARLY_STOPPING_DEFAULTS)
+  for step, loss in enumerate([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], start=1):
+    meta.update(trainer._early_stopping_updates(c, meta, loss, step))
+    assert (meta["early_stopped_at_step"] is None) == (step < 6)
+
+
+def test_early_stopped_run_reports_its_last_state_and_stays_stopped(data_dir, tmp_path, monkeypatch):
+  scripted = iter([1.0, 0.5, 0.7, 0.6])  # validation losses at steps 2, 4, 6, 8
+  evaluate = trainer.Run.evaluate
+
+  def scripted_evaluate(self, state, dataset, num_steps=-1):
+    metrics = evaluate(self, state, dataset, num_steps)
+    return {**metrics, "loss": next(scripted, metrics["loss"])}
+
+  monkeypatch.setattr(trainer.Run, "evaluate", scripted_evaluate)
+  config = tiny_config(data_dir, num_train_steps=20, eval_every_steps=2, log_every_steps=2,
+                       checkpoint_every_steps=100, early_stopping_patience=2)
+  state = trainer.train_and_evaluate(config, tmp_path)
+  assert int(state.step) == 8
+  results = json.loads((tmp_path / trainer.RESULTS_FILE).read_text())
+  assert results["final"]["step"] == 8
+  assert results["best_validation_during_training"]["early_stopped_at_step"] == 8
+  assert (tmp_path / "checkpoints" / "8").is_dir()
+  # Running the same command again resumes the stopped run: nothing more to train.
+  assert int(trainer.train_and_evaluate(config, tmp_path).step) == 8
+
+
+def test_non_positive_patience_is_a_config_error(data_dir, tmp_path):
+  with pytest.raises(errors.ConfigError, match="early_stopping_patience"):
+    trainer.train_and_evaluate(tiny_config(data_dir, early_stopping_patience=0), tmp_path)

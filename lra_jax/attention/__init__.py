@@ -11,6 +11,8 @@ tests.
 """
 
 from lra_jax.attention.kernelized import KernelizedAttention, kernelized_attention
+from lra_jax.attention.local_patterns import (LocalAttention, LongformerAttention, SparseAttention,
+                                              local_attention, longformer_attention, sparse_attention)
 from lra_jax.attention.lowrank import LinformerAttention, linformer_attention
 from lra_jax.attention.lsh import ReformerAttention, reformer_attention
 from lra_jax.attention.multihead import MultiHeadAttention
@@ -24,10 +26,12 @@ from lra_jax.attention.sparse import (BigBirdAttention, InformerAttention, bigbi
                                       informer_attention)
 
 __all__ = [
-    "ATTENTION_RNG", "AttentionMethod", "CONSTANTS", "BigBirdAttention", "InformerAttention",
-    "KernelizedAttention", "LinformerAttention", "MultiHeadAttention", "NystromAttention",
-    "PerformerAttention", "ReformerAttention", "SkyformerAttention", "SoftmaxAttention",
-    "bigbird_attention", "default_hyperparameters", "get", "get_method", "informer_attention",
-    "kernelized_attention", "linformer_attention", "names", "nystrom_attention",
+    "ATTENTION_RNG", "AttentionMethod", "BigBirdAttention", "CONSTANTS", "InformerAttention",
+    "KernelizedAttention", "LinformerAttention", "LocalAttention", "LongformerAttention",
+    "MultiHeadAttention", "NystromAttention", "PerformerAttention", "ReformerAttention",
+    "SkyformerAttention", "SoftmaxAttention", "SparseAttention", "bigbird_attention",
+    "default_hyperparameters", "get", "get_method", "informer_attention", "kernelized_attention",
+    "linformer_attention", "local_attention", "longformer_attention", "names", "nystrom_attention",
     "performer_attention", "reformer_attention", "skyformer_attention", "softmax_attention",
+    "sparse_attention",
 ]

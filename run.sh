@@ -4,6 +4,7 @@
 #   ./run.sh quickstart            train + evaluate on offline-generated ListOps
 #   ./run.sh test [pytest args]    the test suite (4 simulated CPU devices per worker)
 #   ./run.sh train --config=FILE --workdir=DIR [--config.x=y ...]
+#   ./run.sh sweep --tasks=T1,T2 --methods=M1,M2 --seeds=0,1,2 [--protocol=P] [--root=DIR] [--config.x=y ...]
 # Environment: PYTHON (interpreter, default python3), LRA_JAX_VENV (default .venv),
 # LRA_JAX_EXTRAS (pip extras, e.g. "cuda" or "tpu").
 set -euo pipefail
@@ -46,8 +47,12 @@ case "$command" in
     setup
     exec "$venv/bin/python" -m lra_jax.train "$@"
     ;;
+  sweep)
+    setup
+    exec "$venv/bin/python" -m lra_jax.sweep "$@"
+    ;;
   *)
-    echo "usage: ./run.sh quickstart | test [pytest args] | train --config=FILE --workdir=DIR" >&2
+    echo "usage: ./run.sh quickstart | test [pytest args] | train --config=FILE --workdir=DIR | sweep --tasks=... --methods=... [--seeds=...]" >&2
     exit 2
     ;;
 esac

@@ -13,6 +13,8 @@ setuptools.setup(
     version="0.1.0",
     description="Efficient attention on the Long Range Arena in JAX/Flax.",
     packages=setuptools.find_packages(include=["lra_jax", "lra_jax.*"]),
+    # Published LRA results (lra_jax.published), read at run time.
+    package_data={"lra_jax.published": ["*.json"]},
     python_requires=">=3.11",
     install_requires=[
         f"jax=={JAX_VERSION}",

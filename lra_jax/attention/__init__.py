@@ -11,6 +11,8 @@ tests.
 """
 
 from lra_jax.attention.kernelized import KernelizedAttention, kernelized_attention
+from lra_jax.attention.linear_transformer import (LinearTransformerAttention,
+                                                  linear_transformer_attention)
 from lra_jax.attention.local_patterns import (LocalAttention, LongformerAttention, SparseAttention,
                                               local_attention, longformer_attention, sparse_attention)
 from lra_jax.attention.lowrank import LinformerAttention, linformer_attention
@@ -21,17 +23,28 @@ from lra_jax.attention.nystrom import (NystromAttention, SkyformerAttention, nys
 from lra_jax.attention.random_features import PerformerAttention, performer_attention
 from lra_jax.attention.registry import (ATTENTION_RNG, CONSTANTS, AttentionMethod,
                                         default_hyperparameters, get, get_method, names)
+from lra_jax.attention.sinkhorn import SinkhornAttention, sinkhorn_attention
+from lra_jax.attention.skeinformer import (
+    SkeinformerAttention, SkeinNonormAttention, SkeinNopilotAttention, SkeinSimplenormAttention,
+    SkeinUniformAttention, VmeanAttention, skein_nonorm_attention, skein_nopilot_attention,
+    skein_simplenorm_attention, skein_uniform_attention, skeinformer_attention, vmean_attention)
 from lra_jax.attention.softmax import SoftmaxAttention, softmax_attention
 from lra_jax.attention.sparse import (BigBirdAttention, InformerAttention, bigbird_attention,
                                       informer_attention)
+from lra_jax.attention.synthesizer import SynthesizerAttention, synthesizer_attention
 
 __all__ = [
     "ATTENTION_RNG", "AttentionMethod", "BigBirdAttention", "CONSTANTS", "InformerAttention",
-    "KernelizedAttention", "LinformerAttention", "LocalAttention", "LongformerAttention",
-    "MultiHeadAttention", "NystromAttention", "PerformerAttention", "ReformerAttention",
-    "SkyformerAttention", "SoftmaxAttention", "SparseAttention", "bigbird_attention",
-    "default_hyperparameters", "get", "get_method", "informer_attention", "kernelized_attention",
+    "KernelizedAttention", "LinearTransformerAttention", "LinformerAttention", "LocalAttention",
+    "LongformerAttention", "MultiHeadAttention", "NystromAttention", "PerformerAttention",
+    "ReformerAttention", "SinkhornAttention", "SkeinNonormAttention", "SkeinNopilotAttention",
+    "SkeinSimplenormAttention", "SkeinUniformAttention", "SkeinformerAttention",
+    "SkyformerAttention", "SoftmaxAttention", "SparseAttention", "SynthesizerAttention",
+    "VmeanAttention", "bigbird_attention", "default_hyperparameters", "get", "get_method",
+    "informer_attention", "kernelized_attention", "linear_transformer_attention",
     "linformer_attention", "local_attention", "longformer_attention", "names", "nystrom_attention",
-    "performer_attention", "reformer_attention", "skyformer_attention", "softmax_attention",
-    "sparse_attention",
+    "performer_attention", "reformer_attention", "sinkhorn_attention", "skein_nonorm_attention",
+    "skein_nopilot_attention", "skein_simplenorm_attention", "skein_uniform_attention",
+    "skeinformer_attention", "skyformer_attention", "softmax_attention", "sparse_attention",
+    "synthesizer_attention", "vmean_attention",
 ]

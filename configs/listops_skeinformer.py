@@ -1,0 +1,21 @@
+"""ListOps (hierarchical operations on digit lists, 10 classes), Skeinformer attention.
+
+    python -m lra_jax.train --config=configs/listops_skeinformer.py --workdir=/tmp/listops_skeinformer
+    python -m lra_jax.train --config=configs/listops_skeinformer.py:pytorch_lra --workdir=/tmp/listops_skeinformer_pt
+
+Skeinformer paper (NAACL 2022), Table 1 (skyformer_skeinformer.md §6.2):
+38.73% test accuracy (standard softmax attention 38.15%), trained with the
+Skeinformer repo's batch sizes and early stopping on dev loss (§3.1, §4). The
+official protocol (default) puts it beside the official LRA baselines.
+Hyper-parameters start at the reference values (256 sampled columns, fresh
+draws every call); override them with e.g.
+--config.model.attention_kwargs.nb_features=128. The ablations
+(skein_nopilot, skein_uniform, skein_simplenorm, skein_nonorm, vmean) run with
+--config=configs/lra.py:listops,skein_nopilot.
+"""
+
+from lra_jax import base_config
+
+
+def get_config(protocol: str = "official"):
+  return base_config.get_config("listops", "skeinformer", protocol)

@@ -29,7 +29,7 @@ import typing
 import ml_collections
 
 from lra_jax import attention as attention_lib
-from lra_jax import errors
+from lra_jax import errors, official_models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +264,7 @@ def _common(task: str, attention: str, protocol: str) -> ml_collections.ConfigDi
 
 
 def _official(c: ml_collections.ConfigDict) -> None:
-  """Official LRA settings (lra_official_jax.md §3.2, §3.3 transformer rows)."""
+  """Official LRA settings (lra_official_jax.md §3.2, §3.3), per-model ones included."""
   task = c.task
   if task == "listops":
     # base_listops_config: 4 x 512, 8 heads, MLP 1024; rsqrt schedule, warmup 1000.
@@ -295,6 +295,7 @@ def _official(c: ml_collections.ConfigDict) -> None:
   c.model.classifier_hidden_dims = (
       (c.model.mlp_dim, c.model.mlp_dim // 2) if c.model.dual_encoder else (c.model.mlp_dim,))
   c.train.log_every_steps = c.train.eval_every_steps
+  official_models.apply(c)
 
 
 # Skyformer repo config.py (skyformer_skeinformer.md §3, §3.1): embedding

@@ -95,7 +95,9 @@ def test_bad_arguments_say_what_is_valid(arg, message):
 
 @pytest.mark.parametrize("name", attention.names())
 def test_attention_kwargs_start_at_the_reference_defaults(name):
-  kwargs = base_config.get_config("text", name).model.attention_kwargs
+  # The official protocol puts the official LRA code's settings on its
+  # table's methods instead (tests/test_official_models.py).
+  kwargs = base_config.get_config("text", name, "pytorch_lra").model.attention_kwargs
   assert kwargs.to_dict() == attention.default_hyperparameters(name)
 
 

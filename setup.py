@@ -53,6 +53,6 @@ setuptools.setup(
         # for the CPU-only torch wheel).
         "torch-reference": ["torch==2.14.1", "nystrom-attention==0.0.14",
                             "performer-pytorch==1.1.4", "linformer==0.2.3",
-                            "reformer-pytorch==1.4.4"],
+                            "reformer-pytorch==1.4.4", "transformers==5.23.0"],
     },
 )

@@ -17,6 +17,7 @@ from lra_jax.attention.local_patterns import (LocalAttention, LongformerAttentio
                                               local_attention, longformer_attention, sparse_attention)
 from lra_jax.attention.lowrank import LinformerAttention, linformer_attention
 from lra_jax.attention.lsh import ReformerAttention, reformer_attention
+from lra_jax.attention.maclaurin import RMFAttention, rmfa_attention
 from lra_jax.attention.multihead import MultiHeadAttention
 from lra_jax.attention.nystrom import (NystromAttention, SkyformerAttention, nystrom_attention,
                                        skyformer_attention)
@@ -37,14 +38,14 @@ __all__ = [
     "ATTENTION_RNG", "AttentionMethod", "BigBirdAttention", "CONSTANTS", "InformerAttention",
     "KernelizedAttention", "LinearTransformerAttention", "LinformerAttention", "LocalAttention",
     "LongformerAttention", "MultiHeadAttention", "NystromAttention", "PerformerAttention",
-    "ReformerAttention", "SinkhornAttention", "SkeinNonormAttention", "SkeinNopilotAttention",
-    "SkeinSimplenormAttention", "SkeinUniformAttention", "SkeinformerAttention",
-    "SkyformerAttention", "SoftmaxAttention", "SparseAttention", "SynthesizerAttention",
-    "VmeanAttention", "bigbird_attention", "default_hyperparameters", "get", "get_method",
-    "informer_attention", "kernelized_attention", "linear_transformer_attention",
+    "RMFAttention", "ReformerAttention", "SinkhornAttention", "SkeinNonormAttention",
+    "SkeinNopilotAttention", "SkeinSimplenormAttention", "SkeinUniformAttention",
+    "SkeinformerAttention", "SkyformerAttention", "SoftmaxAttention", "SparseAttention",
+    "SynthesizerAttention", "VmeanAttention", "bigbird_attention", "default_hyperparameters", "get",
+    "get_method", "informer_attention", "kernelized_attention", "linear_transformer_attention",
     "linformer_attention", "local_attention", "longformer_attention", "names", "nystrom_attention",
-    "performer_attention", "reformer_attention", "sinkhorn_attention", "skein_nonorm_attention",
-    "skein_nopilot_attention", "skein_simplenorm_attention", "skein_uniform_attention",
-    "skeinformer_attention", "skyformer_attention", "softmax_attention", "sparse_attention",
-    "synthesizer_attention", "vmean_attention",
+    "performer_attention", "reformer_attention", "rmfa_attention", "sinkhorn_attention",
+    "skein_nonorm_attention", "skein_nopilot_attention", "skein_simplenorm_attention",
+    "skein_uniform_attention", "skeinformer_attention", "skyformer_attention", "softmax_attention",
+    "sparse_attention", "synthesizer_attention", "vmean_attention",
 ]

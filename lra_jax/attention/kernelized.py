@@ -96,4 +96,4 @@ class KernelizedAttention(nn.Module):
     return kernelized_attention(query, key, value, mask, rng=rng, dropout_rate=self.dropout_rate)
 
 
-registry.register("kernelized", kernelized_attention, KernelizedAttention)
+registry.register("kernelized", kernelized_attention, KernelizedAttention, approximates="kernelized")

@@ -461,4 +461,4 @@ class SkyformerAttention(nn.Module):
 registry.register("nystrom", nystrom_attention, NystromAttention,
                   small_input_kwargs=dict(num_landmarks=7))
 registry.register("skyformer", skyformer_attention, SkyformerAttention,
-                  small_input_kwargs=dict(num_landmarks=8))
+                  small_input_kwargs=dict(num_landmarks=8), approximates="kernelized")

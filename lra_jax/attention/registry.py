@@ -40,26 +40,36 @@ class AttentionMethod:
     module: the linen module class wrapping `fn`.
     small_input_kwargs: hyper-parameters that fit inputs of a few dozen tokens
       (used by the contract tests and examples; defaults target LRA lengths).
+    approximates: the exact attention this method approximates, against which
+      `python -m lra_jax.benchmark attention` measures its error: "softmax",
+      "kernelized" (the Gaussian kernel, not normalised) or another name of
+      `lra_jax.benchmark.errors.REFERENCES`; an exact method names itself.
   """
 
   name: str
   fn: Callable[..., Any]
   module: type[nn.Module]
   small_input_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  approximates: str = "softmax"
 
 
 _REGISTRY: dict[str, AttentionMethod] = {}
 
 
 def register(name: str, fn: Callable[..., Any], module: type[nn.Module],
-             small_input_kwargs: Mapping[str, Any] | None = None) -> None:
-  """Adds a method; names are unique and the function is `<name>_attention`."""
+             small_input_kwargs: Mapping[str, Any] | None = None,
+             approximates: str = "softmax") -> None:
+  """Adds a method; names are unique and the function is `<name>_attention`.
+
+  `approximates` names the exact attention the method's error is measured
+  against (see `AttentionMethod`).
+  """
   if name in _REGISTRY:
     raise ValueError(f"Attention method {name!r} is registered twice.")
   if fn.__name__ != f"{name}_attention":
     raise ValueError(f"The pure function of {name!r} must be named {name}_attention, "
                      f"not {fn.__name__}.")
-  _REGISTRY[name] = AttentionMethod(name, fn, module, dict(small_input_kwargs or {}))
+  _REGISTRY[name] = AttentionMethod(name, fn, module, dict(small_input_kwargs or {}), approximates)
 
 
 def names() -> list[str]:

@@ -30,7 +30,7 @@ from lra_jax.benchmark import errors, timing
 
 # O(n^2) memory: capped by --max_quadratic_length (their n x n matrices
 # outgrow memory; softmax fwd+bwd at 16384 needs about 33 GB).
-QUADRATIC = ("softmax", "kernelized", "synthesizer", "skein_nonorm", "sdpa_xla")
+QUADRATIC = ("softmax", "kernelized", "synthesizer", "skein_nonorm", "sparse", "sdpa_xla")
 
 
 class DotProductAttention(nn.Module):

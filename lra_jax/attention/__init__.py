@@ -32,6 +32,7 @@ from lra_jax.attention.skeinformer import (
 from lra_jax.attention.softmax import SoftmaxAttention, softmax_attention
 from lra_jax.attention.sparse import (BigBirdAttention, InformerAttention, bigbird_attention,
                                       informer_attention)
+from lra_jax.attention.spectraformer import SpectraformerAttention, spectraformer_attention
 from lra_jax.attention.synthesizer import SynthesizerAttention, synthesizer_attention
 
 __all__ = [
@@ -41,11 +42,12 @@ __all__ = [
     "RMFAttention", "ReformerAttention", "SinkhornAttention", "SkeinNonormAttention",
     "SkeinNopilotAttention", "SkeinSimplenormAttention", "SkeinUniformAttention",
     "SkeinformerAttention", "SkyformerAttention", "SoftmaxAttention", "SparseAttention",
-    "SynthesizerAttention", "VmeanAttention", "bigbird_attention", "default_hyperparameters", "get",
-    "get_method", "informer_attention", "kernelized_attention", "linear_transformer_attention",
-    "linformer_attention", "local_attention", "longformer_attention", "names", "nystrom_attention",
-    "performer_attention", "reformer_attention", "rmfa_attention", "sinkhorn_attention",
-    "skein_nonorm_attention", "skein_nopilot_attention", "skein_simplenorm_attention",
-    "skein_uniform_attention", "skeinformer_attention", "skyformer_attention", "softmax_attention",
-    "sparse_attention", "synthesizer_attention", "vmean_attention",
+    "SpectraformerAttention", "SynthesizerAttention", "VmeanAttention", "bigbird_attention",
+    "default_hyperparameters", "get", "get_method", "informer_attention", "kernelized_attention",
+    "linear_transformer_attention", "linformer_attention", "local_attention",
+    "longformer_attention", "names", "nystrom_attention", "performer_attention",
+    "reformer_attention", "rmfa_attention", "sinkhorn_attention", "skein_nonorm_attention",
+    "skein_nopilot_attention", "skein_simplenorm_attention", "skein_uniform_attention",
+    "skeinformer_attention", "skyformer_attention", "softmax_attention", "sparse_attention",
+    "spectraformer_attention", "synthesizer_attention", "vmean_attention",
 ]

@@ -8,9 +8,15 @@ with q, k scaled by d^(-1/4) and the m rows of W orthogonal Gaussian
 directions (§2.4, "ORFs"); attention is then linear in the length (eq. 4,
 bidirectional case): out = D^(-1) phi(Q) (phi(K)^T V), D = diag(phi(Q) phi(K)^T 1).
 
-Reusable pieces (Spectraformer's other feature maps plug into the same ones):
-* `gaussian_orthogonal_random_matrix`: the projection sampler;
-* `favor_plus_features`: the positive softmax-kernel feature map;
+Performer is the posrf x orf point of Spectraformer's random-feature
+framework (`component_functions`, `spectraformer`) with the softmax kernel as
+target, and runs through the same code:
+* `gaussian_orthogonal_random_matrix`: the projection sampler (also the `orf`
+  weight matrix of `weight_matrices`);
+* `favor_plus_features`: the positive softmax-kernel feature map, i.e.
+  `component_functions.positive_features` with A = 0 and kernel 'softmax';
+* `random_feature_attention`: any component function's features of q and k
+  followed by `linear_attention`, the one path of Performer and Spectraformer;
 * `linear_attention`: generic non-causal normalised linear attention over
   precomputed features, with padded keys out of numerator and denominator.
 
@@ -28,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import registry
+from lra_jax.attention import component_functions, registry
 
 PROJECTION_SCALINGS = (0, 1)
 
@@ -105,7 +111,9 @@ def favor_plus_features(x: jax.Array, projection: jax.Array, is_query: bool, *,
       lucidrains reference; couples the examples of a batch).
   Padded keys are zeroed before the features (as the reference does), so no
   garbage there can overflow; their features are NOT zeroed here (see
-  `linear_attention`, which masks them).
+  `linear_attention`, which masks them). This is
+  `component_functions.positive_features` with A = 0, kernel 'softmax' and
+  the stabiliser taken over u only (`norm_in_stabilizer=False`).
 
   Args:
     x: [batch, length, heads, head_dim] queries or keys.
@@ -121,34 +129,20 @@ def favor_plus_features(x: jax.Array, projection: jax.Array, is_query: bool, *,
   Returns:
     [batch, length, heads, m] float32.
   """
-  head_dim = x.shape[-1]
-  if projection.ndim != 2 or projection.shape[1] != head_dim:
-    raise ValueError(f"The projection must be [num_features, head_dim] = [m, {head_dim}], got "
-                     f"shape {projection.shape}.")
   if data_normalizer is None:
-    data_normalizer = head_dim ** -0.25
-  x = data_normalizer * x.astype(jnp.float32)
-  if mask is not None and not is_query:
-    x = jnp.where(mask[:, :, None, None], x, 0.0)
-  projection = projection.astype(jnp.float32)
-  u = jnp.einsum("bnhd,md->bnhm", x, projection, preferred_element_type=jnp.float32)
-  half_squared_norm = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+    data_normalizer = x.shape[-1] ** -0.25
   if is_query:
-    stab = jnp.max(u, axis=-1, keepdims=True)
-  elif global_key_stabilizer:
-    stab = jnp.max(u)
+    stabilizer = "token"
   else:
-    real_u = u if mask is None else jnp.where(mask[:, :, None, None], u, -jnp.inf)
-    stab = jnp.max(real_u, axis=(1, 3), keepdims=True)
-    # A (batch, head) without real keys has stab -inf; any finite value works.
-    stab = jnp.where(jnp.isfinite(stab), stab, 0.0)
-  stab = jax.lax.stop_gradient(stab)
-  ratio = projection.shape[0] ** -0.5
-  return ratio * (jnp.exp(u - half_squared_norm - stab) + numerical_stabilizer)
+    stabilizer = "global" if global_key_stabilizer else "sequence"
+  return component_functions.positive_features(
+      data_normalizer * x.astype(jnp.float32), projection, kernel="softmax",
+      mask=None if is_query else mask, stabilizer=stabilizer,
+      numerical_stabilizer=numerical_stabilizer, norm_in_stabilizer=False)
 
 
 def linear_attention(query_features: jax.Array, key_features: jax.Array, value: jax.Array,
-                     mask: jax.Array | None = None) -> jax.Array:
+                     mask: jax.Array | None = None, *, positive: bool = True) -> jax.Array:
   """Non-causal normalised linear attention (Performer eq. 4, bidirectional).
 
   out_i = phi(q_i)^T (sum_j M_j phi(k_j) v_j^T) / (phi(q_i)^T sum_j M_j phi(k_j)),
@@ -158,10 +152,16 @@ def linear_attention(query_features: jax.Array, key_features: jax.Array, value: 
   a zero output.
 
   Args:
-    query_features: [batch, q_length, heads, m], nonnegative.
-    key_features: [batch, kv_length, heads, m], nonnegative.
+    query_features: [batch, q_length, heads, m], nonnegative unless `positive`
+      is False.
+    key_features: [batch, kv_length, heads, m], the same.
     value: [batch, kv_length, heads, head_dim].
     mask: [batch, kv_length] bool, True for real keys; None means all real.
+    positive: the features are nonnegative, so a zero denominator means no
+      real key and is replaced by the smallest normal number. With signed
+      features (TrigRF) the denominator keeps its sign and only an exact zero
+      is replaced; nothing else is added (no eps, like the reference, §1.4),
+      so denominators near zero give large outputs, a property of TrigRF.
 
   Returns:
     [batch, q_length, heads, head_dim] in `value.dtype`, computed in float32.
@@ -180,9 +180,62 @@ def linear_attention(query_features: jax.Array, key_features: jax.Array, value: 
   key_sum = jnp.sum(key_features, axis=1)  # [batch, heads, m]
   denominator = jnp.einsum("bnhm,bhm->bnh", query_features, key_sum,
                            preferred_element_type=jnp.float32)
-  # Zero only when there is no real key (then the numerator is zero too).
-  denominator = jnp.maximum(denominator, jnp.finfo(jnp.float32).tiny)
+  tiny = jnp.finfo(jnp.float32).tiny
+  if positive:
+    # Zero only when there is no real key (then the numerator is zero too).
+    denominator = jnp.maximum(denominator, tiny)
+  else:
+    denominator = jnp.where(denominator == 0, tiny, denominator)
   return (numerator / denominator[..., None]).astype(out_dtype)
+
+
+def random_feature_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array,
+                             projection: jax.Array, *, feature_map: str = "posrf",
+                             kernel: str = "gaussian", gerf_a: jax.Array | None = None,
+                             data_normalizer: float | None = None,
+                             numerical_stabilizer: float = 1e-4, key_stabilizer: str = "sequence",
+                             norm_in_stabilizer: bool = True,
+                             padded_keys_in_denominator: bool = False, drop_d_factor: bool = False,
+                             oprf_per_position_statistic: bool = False,
+                             reference_trigrf_renormalizer: bool = False) -> jax.Array:
+  """Random-feature attention: one component function's features, then `linear_attention`.
+
+  The shared path of Performer (posrf, softmax kernel) and Spectraformer (any
+  component function, Gaussian kernel by default): the features of q and k
+  from `component_functions.query_key_features` (the arguments not described
+  here are described there), then out = phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1)
+  in O(n m d).
+
+  Args:
+    query: [batch, q_length, heads, head_dim].
+    key: [batch, kv_length, heads, head_dim].
+    value: [batch, kv_length, heads, head_dim].
+    mask: [batch, kv_length] bool, True for real tokens.
+    projection: [m, head_dim] weight matrix (not stopped: the caller decides
+      whether gradients reach it).
+    feature_map: one of `component_functions.COMPONENT_FUNCTIONS`.
+    padded_keys_in_denominator: the references' padding: padded keys and
+      values are zeroed (so the keys' features are those of a zero vector)
+      and stay in the normaliser ("null attention", spectraformer_schoenbat.md
+      §1.7); the OPRF / SADERF statistics then run over every query and the
+      zeroed keys, as the reference's. Default: padded keys are out of the
+      numerator, the denominator and the statistics.
+
+  Returns:
+    [batch, q_length, heads, head_dim] in `value.dtype`, computed in float32.
+  """
+  query_features, key_features = component_functions.query_key_features(
+      feature_map, query, key, projection, mask, kernel=kernel, gerf_a=gerf_a,
+      data_normalizer=data_normalizer, numerical_stabilizer=numerical_stabilizer,
+      key_stabilizer=key_stabilizer, norm_in_stabilizer=norm_in_stabilizer,
+      unmasked_statistics=padded_keys_in_denominator, drop_d_factor=drop_d_factor,
+      oprf_per_position_statistic=oprf_per_position_statistic,
+      reference_trigrf_renormalizer=reference_trigrf_renormalizer)
+  positive = feature_map in component_functions.POSITIVE_COMPONENT_FUNCTIONS
+  if padded_keys_in_denominator:
+    value = jnp.where(mask[:, :, None, None], value, jnp.zeros((), value.dtype))
+    return linear_attention(query_features, key_features, value, mask=None, positive=positive)
+  return linear_attention(query_features, key_features, value, mask=mask, positive=positive)
 
 
 def performer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
@@ -194,7 +247,10 @@ def performer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
 
   Approximates softmax attention softmax(Q K^T / sqrt(d) + key mask) V with
   `favor_plus_features` of q and k (data_normalizer d^(-1/4)) and
-  `linear_attention` (padded keys out of numerator and denominator).
+  `linear_attention` (padded keys out of numerator and denominator), through
+  `random_feature_attention` with feature_map 'posrf' and kernel 'softmax'
+  (Spectraformer's posrf x orf point, `spectraformer_attention` with
+  kernel='softmax' and the same projection, up to the stabiliser's form).
 
   Args:
     query: [batch, q_length, heads, head_dim].
@@ -237,18 +293,14 @@ def performer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
   if nb_features is not None and projection.shape[0] != nb_features:
     raise ValueError(f"nb_features={nb_features} disagrees with the projection's "
                      f"{projection.shape[0]} rows; pass nb_features=None with an explicit projection.")
-  projection = jax.lax.stop_gradient(projection)
-  data_normalizer = head_dim ** (-0.5 if double_scaling else -0.25)
-  query_features = favor_plus_features(query, projection, True, data_normalizer=data_normalizer,
-                                       numerical_stabilizer=numerical_stabilizer)
-  key_features = favor_plus_features(key, projection, False, mask=mask,
-                                     data_normalizer=data_normalizer,
-                                     numerical_stabilizer=numerical_stabilizer,
-                                     global_key_stabilizer=global_key_stabilizer)
-  if padded_keys_in_denominator:
-    value = jnp.where(mask[:, :, None, None], value, jnp.zeros((), value.dtype))
-    return linear_attention(query_features, key_features, value, mask=None)
-  return linear_attention(query_features, key_features, value, mask=mask)
+  # The posrf x orf point of the Spectraformer framework, softmax kernel, with
+  # the lucidrains stabiliser (max of u only: `favor_plus_features`).
+  return random_feature_attention(
+      query, key, value, mask, jax.lax.stop_gradient(projection), feature_map="posrf",
+      kernel="softmax", data_normalizer=head_dim ** (-0.5 if double_scaling else -0.25),
+      numerical_stabilizer=numerical_stabilizer,
+      key_stabilizer="global" if global_key_stabilizer else "sequence", norm_in_stabilizer=False,
+      padded_keys_in_denominator=padded_keys_in_denominator)
 
 
 class PerformerAttention(nn.Module):

@@ -122,6 +122,10 @@ def attention_settings(method: str, task: str, length: int, cls_token: bool) -> 
     # Fixed1/Fixed2 with l = 50, c = 10; the CLS token (when pooling is CLS)
     # is exempt from the pattern, as the official encoder sets use_cls_token.
     return dict(block_size=50, summary_size=10, cls_token=cls_token)
+  if method == "performer":
+    if task == "listops":  # The ListOps config's FAVOR+ with two features.
+      return dict(features="favor_plus", nb_features=2, numerical_stabilizer=1e-6)
+    return dict(features="relu", numerical_stabilizer=1e-3)
   if method == "synthesizer":
     return dict(synthesizer_mode="random", ignore_dot_product=False)
   return {}

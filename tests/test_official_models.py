@@ -58,6 +58,10 @@ def test_attention_settings_of_the_official_models():
   kwargs = base_config.get_config("listops", "reformer", "official").model.attention_kwargs
   assert (kwargs.num_hash, kwargs.num_buckets, kwargs.chunk_length) == (1, 10, 201)
   assert base_config.get_config("image", "local", "official").model.attention_kwargs.block_size == 64
+  # Performer: FAVOR+ with 2 features on ListOps, deterministic ReLU features elsewhere.
+  listops = base_config.get_config("listops", "performer", "official").model.attention_kwargs
+  assert (listops.features, listops.nb_features) == ("favor_plus", 2)
+  assert base_config.get_config("text", "performer", "official").model.attention_kwargs.features == "relu"
   assert base_config.get_config("text", "local", "official").model.attention_kwargs.block_size == 50
 
 

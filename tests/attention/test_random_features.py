@@ -397,3 +397,20 @@ def test_module_with_fixed_features_keeps_one_projection_in_constants():
   with pytest.raises(ValueError, match="re-initialise"):
     attention.PerformerAttention(nb_features=32, redraw_features=False).apply(
         variables, q, k, v, mask, deterministic=True)
+
+
+def test_relu_features_are_deterministic_generalized_attention_over_real_keys():
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 12, 2, 4)), jnp.float32) for _ in range(3))
+  mask = jnp.arange(12)[None] < jnp.asarray([12, 7])[:, None]
+  out = attention.performer_attention(q, k, v, mask, features="relu", numerical_stabilizer=1e-3)
+  q64, k64 = (np.maximum(np.asarray(x, np.float64), 0) + 1e-3 for x in (q, k))
+  v64 = np.asarray(v, np.float64)
+  weights = np.einsum("bqhm,bkhm->bhqk", q64, k64) * np.asarray(mask)[:, None, None, :]
+  expected = np.einsum("bhqk,bkhd->bqhd", weights / weights.sum(-1, keepdims=True), v64)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+  module = rf.PerformerAttention(features="relu", numerical_stabilizer=1e-3)
+  variables = module.init(jax.random.key(0), q, k, v, mask, deterministic=True)
+  assert not variables  # nothing drawn, nothing stored
+  with pytest.raises(ValueError, match="favor_plus, relu"):
+    attention.performer_attention(q, k, v, mask, features="elu")

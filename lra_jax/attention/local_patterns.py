@@ -36,26 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lra_jax.attention import registry
+from lra_jax.attention import checks, registry
 from lra_jax.attention.softmax import dropout_rng, dropout_weights
 
 # Finite rather than -inf (as in softmax.py): a row without an allowed key
 # gets uniform weights instead of NaN, which is also what the official code's
 # additive -1e10 bias gives.
 _MASK_VALUE = -1e10
-
-
-def _check_self_attention(name, query, key, value, mask):
-  if not query.shape == key.shape == value.shape or mask.shape != query.shape[:2]:
-    raise ValueError(
-        f"{name} is self-attention: query, key and value must share one shape "
-        f"[batch, length, heads, head_dim] and mask be [batch, length]; got query {query.shape}, "
-        f"key {key.shape}, value {value.shape}, mask {mask.shape}.")
-
-
-def _check_positive(name: str, value: int):
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def _pad_length(x: jax.Array, extra: int, fill=0) -> jax.Array:
@@ -106,7 +93,7 @@ def local_padding(length: int, block_size: int, valid_block_padding: bool = Fals
   whole extra block when the length is already a multiple
   (lra_official_jax.md §7.1).
   """
-  _check_positive("block_size", block_size)
+  checks.check_positive_int("block_size", block_size)
   if valid_block_padding:
     return block_size - length % block_size
   return -length % block_size
@@ -155,7 +142,7 @@ def local_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
     [batch, length, heads, head_dim] in `value.dtype`. Logits and softmax are
     computed in float32.
   """
-  _check_self_attention("Local attention", query, key, value, mask)
+  checks.check_self_attention("Local attention", query, key, value, mask)
   batch, length, heads, head_dim = query.shape
   extra = local_padding(length, block_size, valid_block_padding)
   query, key, value = (_pad_length(x, extra) for x in (query, key, value))
@@ -236,8 +223,8 @@ def sparse_summary_offsets(block_size: int, summary_size: int,
   k mod l >= l - c`, lra_official_jax.md §7.3), which reads the paper's
   {t, ..., l} as including l = 0 mod l.
   """
-  _check_positive("block_size", block_size)
-  _check_positive("summary_size", summary_size)
+  checks.check_positive_int("block_size", block_size)
+  checks.check_positive_int("summary_size", summary_size)
   if summary_size > block_size:
     raise ValueError(f"summary_size (c = {summary_size}) must be at most block_size "
                      f"(l = {block_size}): it counts the summary positions of each block.")
@@ -341,7 +328,7 @@ def sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: j
     [batch, length, heads, head_dim] in `value.dtype`. Logits and softmax are
     computed in float32.
   """
-  _check_self_attention("Sparse Transformer attention", query, key, value, mask)
+  checks.check_self_attention("Sparse Transformer attention", query, key, value, mask)
   offsets = sparse_summary_offsets(block_size, summary_size, summary_includes_block_start)
   if not cls_token:
     out = _fixed_pattern_attention(query, key, value, mask, rng, dropout_rate, block_size, offsets,
@@ -424,7 +411,7 @@ def longformer_window(window_size: int, asymmetric_window: bool = False) -> tupl
   floor(w / 2) on the right and w - floor(w / 2) - 1 on the left, i.e.
   i - 255 <= j <= i + 256 for w = 512 (the same as the paper's for an odd w).
   """
-  _check_positive("window_size", window_size)
+  checks.check_positive_int("window_size", window_size)
   right = window_size // 2
   left = window_size - right - 1 if asymmetric_window else right
   return left, right
@@ -490,7 +477,7 @@ def longformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mas
     [batch, length, heads, head_dim] in `value.dtype`. Logits and softmax are
     computed in float32.
   """
-  _check_self_attention("Longformer attention", query, key, value, mask)
+  checks.check_self_attention("Longformer attention", query, key, value, mask)
   if isinstance(num_global_tokens, bool) or not isinstance(num_global_tokens, int) \
       or num_global_tokens < 0:
     raise ValueError(f"num_global_tokens must be a non-negative integer, got {num_global_tokens!r}.")

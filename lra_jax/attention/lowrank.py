@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import registry
+from lra_jax.attention import checks, registry
 from lra_jax.attention.layout import heads_major, length_major
 
 # Standard deviation of the projection's initialisation in both reference repos.
@@ -41,13 +41,8 @@ def linformer_projection(rng: jax.Array, heads: int, linformer_k: int, length: i
   Returns:
     [heads, linformer_k, length] float32.
   """
-  _check_positive("linformer_k", linformer_k)
+  checks.check_positive_int("linformer_k", linformer_k)
   return PROJECTION_STDDEV * jax.random.normal(rng, (heads, linformer_k, length), jnp.float32)
-
-
-def _check_positive(name: str, value: int):
-  if not isinstance(value, int) or value <= 0:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
@@ -182,7 +177,7 @@ class LinformerAttention(nn.Module):
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):
     del deterministic
-    _check_positive("linformer_k", self.linformer_k)
+    checks.check_positive_int("linformer_k", self.linformer_k)
     if self.projection_init not in PROJECTION_INITS:
       raise ValueError(f"Unknown Linformer projection_init {self.projection_init!r}; valid: "
                        f"{', '.join(PROJECTION_INITS)}.")

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lra_jax.attention import registry
+from lra_jax.attention import checks, registry
 from lra_jax.attention.kernelized import gaussian_kernel, kernel_scale
 from lra_jax.attention.layout import heads_major, length_major
 from lra_jax.attention.softmax import softmax_attention
@@ -81,14 +81,6 @@ def iterative_pseudo_inverse(matrix: jax.Array, num_iterations: int = 6,
     inner = 15 * identity - matmul(product, 7 * identity - product)
     inverse = 0.25 * matmul(inverse, 13 * identity - matmul(product, inner))
   return inverse
-
-
-def _check_self_attention(query, key, value, mask):
-  if not query.shape == key.shape == value.shape or mask.shape != query.shape[:2]:
-    raise ValueError(
-        f"Nyström methods are self-attention: query, key and value must share one shape "
-        f"[batch, length, heads, head_dim] and mask be [batch, length]; got query {query.shape}, "
-        f"key {key.shape}, value {value.shape}, mask {mask.shape}.")
 
 
 def _scaled_and_zero_padded(query, key, value, mask):
@@ -210,7 +202,7 @@ def nystrom_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
     pseudo-inverse and the products are computed in float32.
   """
   del rng
-  _check_self_attention(query, key, value, mask)
+  checks.check_self_attention("Nyströmformer attention", query, key, value, mask)
   if conv_kernel is not None:
     _check_conv_kernel(conv_kernel, value.shape[2])
   length = key.shape[1]
@@ -392,7 +384,7 @@ def skyformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
     raise ValueError("skyformer_attention samples its landmarks and needs a PRNG key: pass "
                      "rng=jax.random.key(...) (the module draws it from the "
                      f"{registry.ATTENTION_RNG!r} RNG stream).")
-  _check_self_attention(query, key, value, mask)
+  checks.check_self_attention("Skyformer attention", query, key, value, mask)
   indices = skyformer_landmark_indices(rng, mask, num_landmarks)
 
   query, key, values = _scaled_and_zero_padded(query, key, value, mask)

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import registry
+from lra_jax.attention import checks, registry
 from lra_jax.attention.softmax import dropout_rng as _dropout_rng
 from lra_jax.attention.softmax import dropout_weights
 
@@ -43,11 +43,6 @@ SORT_ACTIVATIONS = ("sinkhorn", "softmax")
 BLOCK_SUMMARIES = ("sum", "mean")
 
 
-def _check_positive_int(name: str, value) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
 def _check_choice(name: str, value, valid) -> None:
   if value not in valid:
     raise ValueError(f"Unknown Sinkhorn {name} {value!r}; valid: {', '.join(valid)}.")
@@ -55,7 +50,7 @@ def _check_choice(name: str, value, valid) -> None:
 
 def num_blocks(length: int, block_size: int) -> int:
   """Blocks of a sequence right-padded to a multiple of block_size."""
-  _check_positive_int("block_size", block_size)
+  checks.check_positive_int("block_size", block_size)
   return -(-length // block_size)
 
 
@@ -99,7 +94,7 @@ def sinkhorn_balance(logits: jax.Array, iterations: int, temperature: float = 1.
   Returns:
     [..., n, n] float32, exp of the balanced logits.
   """
-  _check_positive_int("sinkhorn_iterations", iterations)
+  checks.check_positive_int("sinkhorn_iterations", iterations)
   if not temperature > 0:
     raise ValueError(f"The Sinkhorn temperature must be positive, got {temperature!r}.")
   log_alpha = logits.astype(jnp.float32) / jnp.float32(temperature)
@@ -294,7 +289,7 @@ def sinkhorn_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
                          "PRNG key to draw a kernel: pass sort_kernel=[head_dim, max_num_blocks], "
                          "permutation=[batch, heads, N_B, N_B] or rng=jax.random.key(...).")
       if max_num_blocks is not None:
-        _check_positive_int("max_num_blocks", max_num_blocks)
+        checks.check_positive_int("max_num_blocks", max_num_blocks)
       sort_kernel = sinkhorn_sort_kernel(rng, head_dim, max_num_blocks or blocks)
     if sort_kernel.ndim != 2 or sort_kernel.shape[0] != head_dim:
       raise ValueError(f"The Sinkhorn sort kernel must be [head_dim, max_num_blocks] = "
@@ -419,7 +414,7 @@ class SinkhornAttention(nn.Module):
     head_dim = query.shape[-1]
     blocks = num_blocks(query.shape[1], self.block_size)
     if self.max_num_blocks is not None:
-      _check_positive_int("max_num_blocks", self.max_num_blocks)
+      checks.check_positive_int("max_num_blocks", self.max_num_blocks)
       width = self.max_num_blocks
     elif self.has_variable("params", "sort_kernel"):
       width = self.get_variable("params", "sort_kernel").shape[1]

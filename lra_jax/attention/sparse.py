@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import registry
+from lra_jax.attention import checks, registry
 from lra_jax.attention.layout import heads_major, length_major
 from lra_jax.attention.softmax import softmax_attention
 
@@ -36,25 +36,6 @@ from lra_jax.attention.softmax import softmax_attention
 _MASK_VALUE = -1e10
 # Float32 elements of sampled keys gathered at once by Informer (32 MiB).
 _GATHER_CHUNK_ELEMENTS = 1 << 23
-
-
-def _check_self_attention(name, query, key, value, mask):
-  if not query.shape == key.shape == value.shape or mask.shape != query.shape[:2]:
-    raise ValueError(
-        f"{name} is self-attention: query, key and value must share one shape "
-        f"[batch, length, heads, head_dim] and mask be [batch, length]; got query {query.shape}, "
-        f"key {key.shape}, value {value.shape}, mask {mask.shape}.")
-
-
-def _check_positive(name: str, value: int):
-  if not isinstance(value, int) or value <= 0:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _require_rng(rng, method: str, what: str):
-  if rng is None:
-    raise ValueError(f"{method} draws {what} and needs a PRNG key: pass rng=jax.random.key(...) "
-                     f"(the module draws it from the {registry.ATTENTION_RNG!r} RNG stream).")
 
 
 # ----------------------------------------------------------------------------
@@ -80,8 +61,8 @@ def informer_sizes(length: int, in_nb_features: int = 128) -> tuple[int, int, in
     (factor c, U_part = number of sampled keys per query, u = number of
     queries given exact attention).
   """
-  _check_positive("in_nb_features", in_nb_features)
-  _check_positive("length", length)
+  checks.check_positive_int("in_nb_features", in_nb_features)
+  checks.check_positive_int("length", length)
   if length < 2:  # ln(1) = 0: the single query is the whole sequence.
     return 1, length, length
   log_length = math.log(length)
@@ -238,8 +219,8 @@ def informer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
     [batch, length, heads, head_dim] in `value.dtype`. Scores and softmax are
     computed in float32.
   """
-  _check_self_attention("Informer", query, key, value, mask)
-  _require_rng(rng, "informer_attention", "the sampled keys of its sparsity measurement")
+  checks.check_self_attention("Informer", query, key, value, mask)
+  checks.require_rng(rng, "informer_attention", "the sampled keys of its sparsity measurement")
   batch, length, heads, head_dim = query.shape
   _, num_samples, num_top = informer_sizes(length, in_nb_features)
   indices = informer_sample_indices(rng, mask, num_samples, ignore_padding=ignore_padding)
@@ -321,7 +302,7 @@ _OLD_PLAN_TOKENS = 1024
 
 def _num_blocks(length: int, block_size: int) -> int:
   """Blocks of the sequence once right-padded to a multiple of block_size."""
-  _check_positive("block_size", block_size)
+  checks.check_positive_int("block_size", block_size)
   return -(-length // block_size)
 
 
@@ -427,7 +408,7 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
     [batch, length, heads, head_dim] in `value.dtype`. Logits and softmax are
     computed in float32.
   """
-  _check_self_attention("BigBird", query, key, value, mask)
+  checks.check_self_attention("BigBird", query, key, value, mask)
   length = query.shape[1]
   num_blocks = _num_blocks(length, block_size)
   if num_blocks * block_size != length:
@@ -442,7 +423,7 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
   num_middle = max(num_blocks - 2, 0)
   if random_blocks is None:
     if num_random_blocks > 0 and num_middle > 0:
-      _require_rng(rng, "bigbird_attention", "its random blocks")
+      checks.require_rng(rng, "bigbird_attention", "its random blocks")
     random_blocks = bigbird_random_blocks(
         rng, length, heads, block_size=block_size, num_random_blocks=num_random_blocks,
         first_1024_tokens=random_blocks_first_1024_tokens)

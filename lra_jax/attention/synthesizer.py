@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import registry
+from lra_jax.attention import checks, registry
 from lra_jax.attention.layout import heads_major, length_major
 from lra_jax.attention.softmax import dropout_rng as _dropout_rng
 from lra_jax.attention.softmax import dropout_weights
@@ -53,11 +53,6 @@ _COMPONENT_PARAMETERS = {
 }
 
 
-def _check_positive_int(name: str, value) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
 def synthesizer_components(synthesizer_mode: str) -> tuple[str, ...]:
   """The synthesizers a mode sums, e.g. 'dense+random' -> ('dense', 'random')."""
   if synthesizer_mode not in SYNTHESIZER_MODES:
@@ -69,8 +64,8 @@ def synthesizer_components(synthesizer_mode: str) -> tuple[str, ...]:
 def parameter_shapes(synthesizer_mode: str, heads: int, head_dim: int, max_length: int,
                      factorized_rank: int = 32) -> dict[str, tuple[int, ...]]:
   """Shapes of the learned arrays of `synthesizer_mode` (names as `synthesizer_parameters`)."""
-  _check_positive_int("max_length", max_length)
-  _check_positive_int("factorized_rank", factorized_rank)
+  checks.check_positive_int("max_length", max_length)
+  checks.check_positive_int("factorized_rank", factorized_rank)
   shapes = {
       "random": (heads, max_length, max_length),
       "random1": (heads, max_length, factorized_rank),

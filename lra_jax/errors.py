@@ -7,3 +7,13 @@ class ConfigError(ValueError):
 
 class DataNotFoundError(FileNotFoundError):
   """Input data is missing; the message says where to get it and how to prepare it."""
+
+
+def innermost_config_error(error: BaseException | None) -> ConfigError | None:
+  """The innermost ConfigError behind `error` (config_flags re-wraps it with a traceback)."""
+  found = None
+  while error is not None:
+    if isinstance(error, ConfigError):
+      found = error
+    error = error.__cause__ or error.__context__
+  return found

@@ -92,15 +92,6 @@ def find_config_file(config_file: str | pathlib.Path | None = None) -> pathlib.P
       f"--config_file=PATH/TO/configs/lra.py.")
 
 
-def _innermost_config_error(error: BaseException) -> errors.ConfigError | None:
-  found = None
-  while error is not None:
-    if isinstance(error, errors.ConfigError):
-      found = error
-    error = error.__cause__ or error.__context__
-  return found
-
-
 def build_config(config_file: pathlib.Path, task: str, method: str, protocol: str, seed: int,
                  overrides: Sequence[str]):
   """The config `python -m lra_jax.train` will train for this run (same parser).
@@ -125,7 +116,7 @@ def build_config(config_file: pathlib.Path, task: str, method: str, protocol: st
       flag_values(argv)
     return flag_values.config
   except (flags.Error, KeyError, AttributeError, ValueError) as error:
-    config_error = _innermost_config_error(error)
+    config_error = errors.innermost_config_error(error)
     if config_error is not None:
       raise errors.ConfigError(str(config_error)) from error
     message = str(error).strip().strip("'\"").replace("\\n", " ")

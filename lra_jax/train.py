@@ -63,16 +63,6 @@ def run(config, workdir: str, mode: str) -> pathlib.Path:
   return pathlib.Path(workdir) / trainer.EVAL_RESULTS_FILE
 
 
-def _config_error(error: BaseException | None) -> errors.ConfigError | None:
-  """The innermost ConfigError behind `error` (config_flags re-wraps it with a traceback)."""
-  found = None
-  while error is not None:
-    if isinstance(error, errors.ConfigError):
-      found = error
-    error = error.__cause__ or error.__context__
-  return found
-
-
 def _config_paths(config, prefix: str = "") -> list[str]:
   """Every field of `config` as a dotted path ('model', 'model.num_layers', ...)."""
   paths = []
@@ -139,7 +129,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     # the config lacks, flags.Error for the rest.
     if _verbose_requested(argv):
       raise
-    config_error = _config_error(error)
+    config_error = errors.innermost_config_error(error)
     message = str(config_error) if config_error else _misspelt_override(argv)
     if message is None:
       if not isinstance(error, flags.Error):

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import component_functions, registry
+from lra_jax.attention import chunking, component_functions, registry
 from lra_jax.attention.layout import heads_major, length_major
 
 PROJECTION_SCALINGS = (0, 1)
@@ -179,18 +179,8 @@ def linear_attention(query_features: jax.Array, key_features: jax.Array, value: 
   query_features = heads_major(query_features.astype(jnp.float32))
   key_features, value = heads_major(key_features), heads_major(value)
   context = jnp.einsum("bhnm,bhnd->bhmd", key_features, value, preferred_element_type=jnp.float32)
-  numerator = jnp.einsum("bhnm,bhmd->bhnd", query_features, context,
-                         preferred_element_type=jnp.float32)
   key_sum = jnp.sum(key_features, axis=2)  # [batch, heads, m]
-  denominator = jnp.einsum("bhnm,bhm->bhn", query_features, key_sum,
-                           preferred_element_type=jnp.float32)
-  tiny = jnp.finfo(jnp.float32).tiny
-  if positive:
-    # Zero only when there is no real key (then the numerator is zero too).
-    denominator = jnp.maximum(denominator, tiny)
-  else:
-    denominator = jnp.where(denominator == 0, tiny, denominator)
-  return length_major(numerator / denominator[..., None]).astype(out_dtype)
+  return _normalised_readout(query_features, context, key_sum, positive).astype(out_dtype)
 
 
 def random_feature_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array,
@@ -201,14 +191,19 @@ def random_feature_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                              norm_in_stabilizer: bool = True,
                              padded_keys_in_denominator: bool = False, drop_d_factor: bool = False,
                              oprf_per_position_statistic: bool = False,
-                             reference_trigrf_renormalizer: bool = False) -> jax.Array:
-  """Random-feature attention: one component function's features, then `linear_attention`.
+                             reference_trigrf_renormalizer: bool = False,
+                             chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
+  """Random-feature attention: one component function's features, then linear attention.
 
   The shared path of Performer (posrf, softmax kernel) and Spectraformer (any
   component function, Gaussian kernel by default): the features of q and k
-  from `component_functions.query_key_features` (the arguments not described
+  of `component_functions.query_key_features` (the arguments not described
   here are described there), then out = phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1)
-  in O(n m d).
+  in O(n m d), as `linear_attention` computes it. The features are made and
+  used block by block over the length (`chunking`): the key stabiliser's
+  max in a first pass, then the sums phi(K)^T V and phi(K)^T 1, then each
+  block of queries; no [length, m] array exists at once, which keeps the
+  time linear in the length on CPUs.
 
   Args:
     query: [batch, q_length, heads, head_dim].
@@ -224,30 +219,90 @@ def random_feature_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       §1.7); the OPRF / SADERF statistics then run over every query and the
       zeroed keys, as the reference's. Default: padded keys are out of the
       numerator, the denominator and the statistics.
+    chunk_size: tokens per block (None: the whole length at once; the
+      result is the same up to float rounding).
 
   Returns:
     [batch, q_length, heads, head_dim] in `value.dtype`, computed in float32.
   """
-  query_features, key_features = component_functions.query_key_features(
-      feature_map, query, key, projection, mask, kernel=kernel, gerf_a=gerf_a,
-      data_normalizer=data_normalizer, numerical_stabilizer=numerical_stabilizer,
-      key_stabilizer=key_stabilizer, norm_in_stabilizer=norm_in_stabilizer,
-      unmasked_statistics=padded_keys_in_denominator, drop_d_factor=drop_d_factor,
-      oprf_per_position_statistic=oprf_per_position_statistic,
+  component = component_functions.ComponentFunction(
+      feature_map, kernel=kernel, numerical_stabilizer=numerical_stabilizer,
+      d_factor=not drop_d_factor, norm_in_stabilizer=norm_in_stabilizer,
       reference_trigrf_renormalizer=reference_trigrf_renormalizer)
-  positive = feature_map in component_functions.POSITIVE_COMPONENT_FUNCTIONS
-  if padded_keys_in_denominator:
-    value = jnp.where(mask[:, :, None, None], value, jnp.zeros((), value.dtype))
-    return linear_attention(query_features, key_features, value, mask=None, positive=positive)
-  return linear_attention(query_features, key_features, value, mask=mask, positive=positive)
+  component_functions.check_choice("key_stabilizer", key_stabilizer,
+                                   component_functions.STABILIZERS[:3])
+  x, y = component_functions.scaled_inputs(query, key, data_normalizer)
+  a, query_scales, key_scales = component_functions.feature_parameters(
+      feature_map, x, y, mask, gerf_a=gerf_a, unmasked_statistics=padded_keys_in_denominator,
+      oprf_per_position_statistic=oprf_per_position_statistic)
+  # A per position is a per-token input of the blocks; any other A is shared.
+  per_position_a = isinstance(a, jax.Array) and a.ndim == 4 and a.shape[1] > 1
+
+  def a_tokens(length):  # the per-position A, else an empty per-token placeholder
+    return a if per_position_a else jnp.zeros((1, length, 1, 0), jnp.float32)
+
+  def block_a(a_block):
+    return a_block if per_position_a else a
+
+  key_tokens = (y, value, mask, jnp.ones((1, key.shape[1]), bool), a_tokens(key.shape[1]))
+  stabilizer = key_stabilizer
+  if component.uses_stabilizer and key_stabilizer != "token":
+    def block_max(y, value, mask, valid, a_block):
+      del value
+      # 'global' takes in the padded keys (zeroed), but not the blocks' padding.
+      within = mask & valid if key_stabilizer == "sequence" else jnp.broadcast_to(valid, mask.shape)
+      log_scale = component.log_scale(y, projection, a=block_a(a_block), scales=key_scales,
+                                      mask=mask)
+      return component_functions.stabilizer_value(log_scale, "sequence", within)
+
+    stabilizer = chunking.reduce_length_chunks(block_max, key_tokens, chunk_size,
+                                               combine=jnp.maximum)
+    if key_stabilizer == "global":
+      stabilizer = jnp.max(stabilizer)
+
+  def key_sums(y, value, mask, valid, a_block):
+    features = component(y, projection, a=block_a(a_block), scales=key_scales, mask=mask,
+                         stabilizer=stabilizer)
+    counted = valid if padded_keys_in_denominator else mask & valid
+    features = heads_major(jnp.where(counted[:, :, None, None], features, 0.0))
+    # Padded values are zeroed in either case: garbage there cannot leak.
+    value = heads_major(jnp.where((mask & valid)[:, :, None, None], value.astype(jnp.float32), 0.0))
+    context = jnp.einsum("bhnm,bhnd->bhmd", features, value, preferred_element_type=jnp.float32)
+    return context, jnp.sum(features, axis=2)
+
+  context, key_sum = chunking.reduce_length_chunks(key_sums, key_tokens, chunk_size)
+
+  def query_block(x, a_block):
+    features = component(x, projection, a=block_a(a_block), scales=query_scales,
+                         stabilizer="token")
+    return _normalised_readout(heads_major(features), context, key_sum, component.positive)
+
+  return chunking.map_length_chunks(query_block, (x, a_tokens(query.shape[1])),
+                                    chunk_size).astype(value.dtype)
+
+
+def _normalised_readout(query_features: jax.Array, context: jax.Array, key_sum: jax.Array,
+                        positive: bool) -> jax.Array:
+  """phi(q) context / phi(q) key_sum: [b, h, n, m] features -> [b, n, h, d] float32 (see `linear_attention`)."""
+  numerator = jnp.einsum("bhnm,bhmd->bhnd", query_features, context,
+                         preferred_element_type=jnp.float32)
+  denominator = jnp.einsum("bhnm,bhm->bhn", query_features, key_sum,
+                           preferred_element_type=jnp.float32)
+  tiny = jnp.finfo(jnp.float32).tiny
+  if positive:
+    # Zero only when there is no real key (then the numerator is zero too).
+    denominator = jnp.maximum(denominator, tiny)
+  else:
+    denominator = jnp.where(denominator == 0, tiny, denominator)
+  return length_major(numerator / denominator[..., None])
 
 
 def performer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                         rng: jax.Array | None = None, projection: jax.Array | None = None,
                         nb_features: int | None = None, numerical_stabilizer: float = 1e-4,
                         double_scaling: bool = False, padded_keys_in_denominator: bool = False,
-                        global_key_stabilizer: bool = False,
-                        features: str = "favor_plus") -> jax.Array:
+                        global_key_stabilizer: bool = False, features: str = "favor_plus",
+                        chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Performer FAVOR+ attention (Choromanski et al. 2021), O(n m d).
 
   Approximates softmax attention softmax(Q K^T / sqrt(d) + key mask) V with
@@ -286,6 +341,8 @@ def performer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
       the paper's §2.2 generalized kernels, the official LRA Performer's
       setting outside ListOps, lra_official_jax.md §7.7), normalised over the
       real keys. It approximates no softmax: it is its own kernel.
+    chunk_size: tokens per block of the FAVOR+ feature computation
+      (`random_feature_attention`; None: no blocks).
 
   Returns:
     [batch, q_length, heads, head_dim] in `value.dtype`. Features, exponentials
@@ -317,7 +374,7 @@ def performer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
       kernel="softmax", data_normalizer=head_dim ** (-0.5 if double_scaling else -0.25),
       numerical_stabilizer=numerical_stabilizer,
       key_stabilizer="global" if global_key_stabilizer else "sequence", norm_in_stabilizer=False,
-      padded_keys_in_denominator=padded_keys_in_denominator)
+      padded_keys_in_denominator=padded_keys_in_denominator, chunk_size=chunk_size)
 
 
 class PerformerAttention(nn.Module):
@@ -369,6 +426,9 @@ class PerformerAttention(nn.Module):
     padded_keys_in_denominator: the reference's unmasked normaliser.
     global_key_stabilizer: the reference's whole-tensor key max.
     features: 'favor_plus' or 'relu' (deterministic generalized attention).
+    chunk_size: tokens per block of the feature computation (a speed setting:
+      the outputs agree to float rounding; None computes the whole length at
+      once).
   """
 
   dropout_rate: float = 0.0
@@ -379,6 +439,7 @@ class PerformerAttention(nn.Module):
   padded_keys_in_denominator: bool = False
   global_key_stabilizer: bool = False
   features: str = "favor_plus"
+  chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):
@@ -404,7 +465,8 @@ class PerformerAttention(nn.Module):
         query, key, value, mask, projection=projection,
         numerical_stabilizer=self.numerical_stabilizer, double_scaling=self.double_scaling,
         padded_keys_in_denominator=self.padded_keys_in_denominator,
-        global_key_stabilizer=self.global_key_stabilizer, features=self.features)
+        global_key_stabilizer=self.global_key_stabilizer, features=self.features,
+        chunk_size=self.chunk_size)
 
 
 # Contract-test inputs have head_dim 8: 16 features are two orthogonal blocks.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from lra_jax.attention import component_functions, random_features, registry
+from lra_jax.attention import chunking, component_functions, random_features, registry
 from lra_jax.attention import weight_matrices
 
 
@@ -68,7 +68,8 @@ def spectraformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, 
                             padded_keys_in_denominator: bool = False, drop_d_factor: bool = False,
                             oprf_per_position_statistic: bool = False,
                             reference_trigrf_renormalizer: bool = False,
-                            reference_weight_matrix: bool = False) -> jax.Array:
+                            reference_weight_matrix: bool = False,
+                            chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Spectraformer random-feature attention (any component function x weight matrix), O(n m d).
 
   Args:
@@ -104,6 +105,8 @@ def spectraformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, 
     reference_weight_matrix: quirk: the reference's matrix constructions
       (`weight_matrices.draw_weight_matrix(..., reference_construction=True)`,
       §3) when W is drawn here.
+    chunk_size: tokens per block of the feature computation
+      (`random_features.random_feature_attention`; None: no blocks).
 
   Returns:
     [batch, q_length, heads, head_dim] in `value.dtype`; features and
@@ -139,7 +142,7 @@ def spectraformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, 
       key_stabilizer="token" if per_token_key_stabilizer else "sequence",
       padded_keys_in_denominator=padded_keys_in_denominator, drop_d_factor=drop_d_factor,
       oprf_per_position_statistic=oprf_per_position_statistic,
-      reference_trigrf_renormalizer=reference_trigrf_renormalizer)
+      reference_trigrf_renormalizer=reference_trigrf_renormalizer, chunk_size=chunk_size)
 
 
 class SpectraformerAttention(nn.Module):
@@ -207,6 +210,9 @@ class SpectraformerAttention(nn.Module):
     per_token_key_stabilizer, padded_keys_in_denominator, drop_d_factor,
     oprf_per_position_statistic, fixed_gerf_parameters,
     reference_trigrf_renormalizer, reference_weight_matrix: the quirks above.
+    chunk_size: tokens per block of the feature computation (a speed setting:
+      the outputs agree to float rounding; None computes the whole length at
+      once).
   """
 
   dropout_rate: float = 0.0
@@ -223,6 +229,7 @@ class SpectraformerAttention(nn.Module):
   fixed_gerf_parameters: bool = False
   reference_trigrf_renormalizer: bool = False
   reference_weight_matrix: bool = False
+  chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE
 
   def _constant(self, name: str, shape: tuple[int, ...], draw):
     """A draw fixed at init in 'constants'; a stored one of another shape is an error."""
@@ -286,7 +293,8 @@ class SpectraformerAttention(nn.Module):
         padded_keys_in_denominator=self.padded_keys_in_denominator,
         drop_d_factor=self.drop_d_factor,
         oprf_per_position_statistic=self.oprf_per_position_statistic,
-        reference_trigrf_renormalizer=self.reference_trigrf_renormalizer)
+        reference_trigrf_renormalizer=self.reference_trigrf_renormalizer,
+        chunk_size=self.chunk_size)
 
 
 # Contract-test inputs have head_dim 8: 16 features are two whole blocks.

@@ -356,3 +356,16 @@ def test_features_are_float32_under_bfloat16():
   for name in MAPS:
     qf, kf = jax.eval_shape(lambda x, w: cf.query_key_features(name, x, x, w, gerf_a=0.05), x, w)
     assert qf.dtype == kf.dtype == jnp.float32
+
+
+def test_cos_sin_matches_numpy_in_value_and_derivative():
+  u = np.concatenate([np.linspace(-20.0, 20.0, 4001), [0.0, np.pi, -np.pi / 2, 1e3, -3e3, 9e3]])
+  u = u.astype(np.float32)
+  cos, sin = cf.cos_sin(jnp.asarray(u))
+  exact = u.astype(np.float64)
+  np.testing.assert_allclose(cos, np.cos(exact), atol=4e-7)
+  np.testing.assert_allclose(sin, np.sin(exact), atol=4e-7)
+  d_cos, d_sin = (jax.vmap(jax.grad(lambda x, i=i: cf.cos_sin(x)[i]))(jnp.asarray(u[:4001]))
+                  for i in (0, 1))
+  np.testing.assert_allclose(d_cos, -np.sin(exact[:4001]), atol=4e-7)
+  np.testing.assert_allclose(d_sin, np.cos(exact[:4001]), atol=4e-7)

@@ -17,8 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import checks, registry
+from lra_jax.attention import checks, chunking, registry
 from lra_jax.attention.layout import heads_major, length_major
+from lra_jax.attention.softmax import softmax_readout
 
 # Standard deviation of the projection's initialisation in both reference repos.
 PROJECTION_STDDEV = 0.02
@@ -48,7 +49,8 @@ def linformer_projection(rng: jax.Array, heads: int, linformer_k: int, length: i
 def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                         rng: jax.Array | None = None, projection: jax.Array | None = None,
                         linformer_k: int | None = None,
-                        padded_positions_projected: bool = False) -> jax.Array:
+                        padded_positions_projected: bool = False,
+                        chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Linformer attention (Wang et al. 2020, eq. 7 with key-value sharing), O(n k d).
 
   With M the padding mask, K' = E (M * K) and V' = E (M * V) per head, and
@@ -74,6 +76,8 @@ def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
     padded_positions_projected: the official LRA quirk: keys and values at
       padded positions enter the projection (no padding mask at all), so real
       outputs depend on whatever the padding holds.
+    chunk_size: queries per block of the softmax over the k projected keys
+      (`chunking`: the [length, k] logits never exist whole; None: no blocks).
 
   Returns:
     [batch, length, heads, head_dim] in `value.dtype`. The projections, logits
@@ -108,22 +112,25 @@ def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
     real = mask[:, :, None, None]
     key = jnp.where(real, key.astype(jnp.float32), 0.0)
     value = jnp.where(real, value.astype(jnp.float32), 0.0)
-  if projection.shape[0] == 1:
-    # One E for every head: a single [k, n] x [n, heads * head_dim] product.
-    def project(x):
-      flat = x.reshape(batch, length, heads * head_dim)
-      projected = jnp.einsum("kn,bnf->bkf", projection[0], flat, preferred_element_type=jnp.float32)
-      return heads_major(projected.reshape(batch, -1, heads, head_dim))
+  # Keys and values side by side, batch folded into the features: E's
+  # products (and E's gradient) are then plain matmuls batched over heads.
+  features = jnp.concatenate([key, value], axis=-1)  # [batch, length, heads, 2 head_dim]
+  features = jnp.transpose(features, (2, 1, 0, 3)).reshape(heads, length, batch * 2 * head_dim)
+  shared = projection.shape[0] == 1  # One E for every head.
+  if shared:
+    features = jnp.swapaxes(features, 0, 1).reshape(1, length, heads * batch * 2 * head_dim)
+  projected = jnp.einsum("hkn,hnf->hkf", projection, features, preferred_element_type=jnp.float32)
+  if shared:
+    projected = projected.reshape(-1, heads, batch, 2, head_dim).transpose(3, 2, 1, 0, 4)
   else:
-    def project(x):
-      return jnp.einsum("hkn,bhnd->bhkd", projection, heads_major(x),
-                        preferred_element_type=jnp.float32)
-  projected_key, projected_value = project(key), project(value)  # [batch, heads, k, head_dim]
-  logits = jnp.einsum("bhqd,bhkd->bhqk", heads_major(query).astype(jnp.float32), projected_key,
-                      preferred_element_type=jnp.float32)
-  weights = jax.nn.softmax(logits / jnp.sqrt(jnp.float32(head_dim)), axis=-1)
-  out = jnp.einsum("bhqk,bhkd->bhqd", weights, projected_value, preferred_element_type=jnp.float32)
-  return length_major(out).astype(out_dtype)
+    projected = projected.reshape(heads, -1, batch, 2, head_dim).transpose(3, 2, 0, 1, 4)
+  projected_key, projected_value = projected[0], projected[1]  # [batch, heads, k, head_dim]
+
+  def attend(query):  # A block of queries against the k projected keys.
+    query = heads_major(query).astype(jnp.float32) / jnp.sqrt(jnp.float32(head_dim))
+    return length_major(softmax_readout(query, projected_key, projected_value))
+
+  return chunking.map_length_chunks(attend, (query,), chunk_size).astype(out_dtype)
 
 
 class LinformerAttention(nn.Module):
@@ -165,6 +172,8 @@ class LinformerAttention(nn.Module):
     projection_init: 'normal' (N(0, 0.02^2), the seed repos) or
       'xavier_uniform' (official LRA).
     padded_positions_projected: the official LRA padding quirk (see above).
+    chunk_size: queries per block (a speed setting: the outputs agree to
+      float rounding; None computes the whole length at once).
   """
 
   dropout_rate: float = 0.0
@@ -173,6 +182,7 @@ class LinformerAttention(nn.Module):
   shared_across_heads: bool = False
   projection_init: str = "normal"
   padded_positions_projected: bool = False
+  chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):
@@ -200,7 +210,8 @@ class LinformerAttention(nn.Module):
           registry.CONSTANTS, "projection",
           lambda: initializer(self.make_rng(registry.ATTENTION_RNG), shape, jnp.float32)).value
     return linformer_attention(query, key, value, mask, projection=projection,
-                               padded_positions_projected=self.padded_positions_projected)
+                               padded_positions_projected=self.padded_positions_projected,
+                               chunk_size=self.chunk_size)
 
 
 # Contract-test inputs have length 24: k = 8 is a genuine reduction.

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lra_jax.attention import checks, registry
+from lra_jax.attention import checks, chunking, registry
 from lra_jax.attention.kernelized import gaussian_kernel, kernel_scale
 from lra_jax.attention.layout import heads_major, length_major
-from lra_jax.attention.softmax import softmax_attention
+from lra_jax.attention.softmax import softmax_attention, softmax_readout
 
 # Finite rather than -inf (as in softmax.py): an all-masked row stays finite.
 _MASK_VALUE = -1e10
@@ -163,7 +163,8 @@ def nystrom_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
                       rng: jax.Array | None = None, num_landmarks: int = 128,
                       num_iterations: int = 6, pinv_init: str = "per_matrix",
                       conv_kernel: jax.Array | None = None,
-                      segment_means_include_padding: bool = False) -> jax.Array:
+                      segment_means_include_padding: bool = False,
+                      chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Nyströmformer attention (Xiong et al. 2021, its Nyström form), O(n m).
 
   With q, k scaled by head_dim^(-1/4) and zeroed at padded positions, and
@@ -196,6 +197,8 @@ def nystrom_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
       (padded zero vectors counted in the divisor) and landmarks of all-padding
       segments kept (zero vectors) in the first two kernels, unmasked. Then real
       outputs depend on the amount of padding.
+    chunk_size: queries per block of softmax(q k_L^T) (`chunking`: the
+      [length, m] kernel never exists whole; None: no blocks).
 
   Returns:
     [batch, length, heads, head_dim] in `value.dtype`. Softmaxes, the
@@ -210,14 +213,14 @@ def nystrom_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
     out = softmax_attention(query, key, value, mask).astype(jnp.float32)
   else:
     out = _nystrom_approximation(query, key, value, mask, num_landmarks, num_iterations,
-                                 pinv_init, segment_means_include_padding)
+                                 pinv_init, segment_means_include_padding, chunk_size)
   if conv_kernel is not None:
     out = out + depthwise_conv_skip(jnp.where(mask[:, :, None, None], value, 0), conv_kernel)
   return out.astype(value.dtype)
 
 
 def _nystrom_approximation(query, key, value, mask, num_landmarks, num_iterations, pinv_init,
-                           segment_means_include_padding):
+                           segment_means_include_padding, chunk_size):
   """The approximate branch of `nystrom_attention`, float32 output."""
   query, key, value = _scaled_and_zero_padded(query, key, value, mask)
 
@@ -229,32 +232,31 @@ def _nystrom_approximation(query, key, value, mask, num_landmarks, num_iteration
   query_landmarks = _segment_sums(query, num_landmarks, axis=2) / divisor  # [batch, heads, m, head_dim]
   key_landmarks = _segment_sums(key, num_landmarks, axis=2) / divisor
 
-  def logits(x, y):
-    return jnp.einsum("bhqd,bhkd->bhqk", x, y, preferred_element_type=jnp.float32)
-
-  kernel_1 = logits(query, key_landmarks)  # [batch, heads, n, m]
-  kernel_2 = logits(query_landmarks, key_landmarks)  # [batch, heads, m, m]
+  kernel_2 = jnp.einsum("bhqd,bhkd->bhqk", query_landmarks, key_landmarks,
+                        preferred_element_type=jnp.float32)  # [batch, heads, m, m]
   if not segment_means_include_padding:
     # Landmarks of segments without a real token: zero weight in kernels 1-2,
     # identity rows in kernel 2, so its pseudo-inverse is block diagonal and
     # they meet only zero columns of kernel 1.
     landmark_real = (counts > 0)[:, None, None, :]
-    kernel_1 = jnp.where(landmark_real, kernel_1, _MASK_VALUE)
     kernel_2 = jnp.where(landmark_real, kernel_2, _MASK_VALUE)
-  kernel_1 = jax.nn.softmax(kernel_1, axis=-1)
   kernel_2 = jax.nn.softmax(kernel_2, axis=-1)
   if not segment_means_include_padding:
     identity = jnp.eye(num_landmarks, dtype=jnp.float32)
     kernel_2 = jnp.where(jnp.swapaxes(landmark_real, -1, -2), kernel_2, identity)
-  kernel_3 = jnp.where(mask[:, None, None, :], logits(query_landmarks, key), _MASK_VALUE)
-  kernel_3 = jax.nn.softmax(kernel_3, axis=-1)  # [batch, heads, m, n]
 
   inverse = iterative_pseudo_inverse(kernel_2, num_iterations, pinv_init)
   # Right to left: n m d + m^2 d + n m d flops instead of the reference's
   # (kernel_1 inverse)(kernel_3 v), whose n m^2 term is 4x the rest at m = 128.
-  landmark_values = jnp.einsum("bhlk,bhkd->bhld", kernel_3, value)  # [batch, heads, m, head_dim]
+  landmark_values = softmax_readout(query_landmarks, key, value,
+                                    mask[:, None, None, :])  # kernel_3 v: [batch, heads, m, head_dim]
   context = jnp.einsum("bhml,bhld->bhmd", inverse, landmark_values)
-  return length_major(jnp.einsum("bhqm,bhmd->bhqd", kernel_1, context))
+
+  def kernel_1_times_context(query):  # [batch, c, heads, head_dim], a block of queries
+    landmark_valid = None if segment_means_include_padding else landmark_real
+    return length_major(softmax_readout(heads_major(query), key_landmarks, context, landmark_valid))
+
+  return chunking.map_length_chunks(kernel_1_times_context, (length_major(query),), chunk_size)
 
 
 class NystromAttention(nn.Module):
@@ -286,6 +288,8 @@ class NystromAttention(nn.Module):
     conv_kernel_size: odd size of the depthwise convolution skip on V (LRA
       reference: 35); None means no skip.
     segment_means_include_padding: the reference's unmasked segment means.
+    chunk_size: queries per block (a speed setting: the outputs agree to
+      float rounding; None computes the whole length at once).
   """
 
   dropout_rate: float = 0.0
@@ -294,6 +298,7 @@ class NystromAttention(nn.Module):
   pinv_init: str = "per_matrix"
   conv_kernel_size: int | None = None
   segment_means_include_padding: bool = False
+  chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):
@@ -307,7 +312,8 @@ class NystromAttention(nn.Module):
     return nystrom_attention(
         query, key, value, mask, num_landmarks=self.num_landmarks,
         num_iterations=self.num_iterations, pinv_init=self.pinv_init, conv_kernel=conv_kernel,
-        segment_means_include_padding=self.segment_means_include_padding)
+        segment_means_include_padding=self.segment_means_include_padding,
+        chunk_size=self.chunk_size)
 
 
 # ----------------------------------------------------------------------------

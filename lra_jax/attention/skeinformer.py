@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import registry
+from lra_jax.attention import chunking, registry
 from lra_jax.attention.kernelized import kernel_scale
 
 # Finite rather than -inf (as in softmax.py): exponentials of masked entries
@@ -325,7 +325,8 @@ def skein_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
                     rng: jax.Array | None = None, nb_features: int = 256,
                     sampling: str = "importance", normalisation: str = "adaptive",
                     pilot_replacement: bool = True,
-                    sample_size_from_batch: bool = False) -> jax.Array:
+                    sample_size_from_batch: bool = False,
+                    chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """The Skeinformer family's one estimator, O(n d p) (O(n^2) for 'exact').
 
   With l_ij = q_i.k_j / sqrt(p) over real keys, sample size d_b
@@ -367,6 +368,8 @@ def skein_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
       'importance').
     sample_size_from_batch: the reference's batch-shared d, see
       `skein_sample_sizes`.
+    chunk_size: queries per block of the [length, S] logits (`chunking`;
+      None: the whole length at once; the outputs agree to float rounding).
 
   Returns:
     [batch, length, heads, head_dim] in `value.dtype`; computed in float32.
@@ -388,40 +391,55 @@ def skein_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
   sampled_real = jnp.take_along_axis(jnp.broadcast_to(mask[:, None, :], columns.shape[:2] +
                                                       mask.shape[1:]), columns, axis=2)
   used = (jnp.arange(num_samples)[None, :] < draws.sample_size[:, None])[:, None, :] & sampled_real
-  logits = jnp.einsum("bqhd,bhtd->bhqt", _with_ones(query), _with_bias(sampled_keys, used),
-                      preferred_element_type=jnp.float32)  # [batch, heads, length, S], masked
+  biased_keys = _with_bias(sampled_keys, used)
+
+  def sampled_logits(query):  # [batch, c, heads, head_dim] -> [batch, heads, c, S], masked
+    return jnp.einsum("bqhd,bhtd->bhqt", _with_ones(query), biased_keys,
+                      preferred_element_type=jnp.float32)
 
   if normalisation == "adaptive":
     count = jnp.sum(used, axis=-1).astype(jnp.float32)[..., None, None]  # [batch, heads, 1, 1]
-    # Any per-row constant cancels in the ratio, so the max is not
-    # differentiated (which would cost extra passes over [n, S]).
-    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    row_max = jnp.where(count > 0, row_max, 0.0)
-    weights = jnp.exp(logits - row_max)  # 0 on unused slots
-    # The mean sampled logit is q_i . (mean sampled key): O(n p), not O(n S).
     used_keys = jnp.where(used[..., None], sampled_keys, 0.0)
-    mean_logit = jnp.einsum("bqhd,bhd->bhq", query, jnp.sum(used_keys, axis=2))[..., None]
-    fill = jnp.exp(mean_logit / jnp.maximum(count, 1.0) - row_max)  # g_i, geometric mean of a_it
+    mean_key = jnp.sum(used_keys, axis=2) / jnp.maximum(count[..., 0], 1.0)  # [batch, heads, p]
     unsampled = real_length.astype(jnp.float32)[:, None, None, None] - count  # m_b - d
     used_values = jnp.where(used[..., None], sampled_values, 0.0)
     unsampled_values = jnp.sum(values_by_head, axis=2) - jnp.sum(used_values, axis=2)
     # A column of ones gives the row sums of the weights in the same product.
     values_and_ones = jnp.concatenate([used_values, used[..., None].astype(jnp.float32)], axis=-1)
-    products = jnp.einsum("bhqt,bhtd->bhqd", weights, values_and_ones)
-    numerator = products[..., :-1] + fill * unsampled_values[:, :, None, :]
-    denominator = products[..., -1:] + unsampled * fill
-    out = numerator / jnp.where(denominator > 0, denominator, 1.0)
-  elif normalisation == "simple":
-    out = jnp.einsum("bhqt,bhtd->bhqd", jax.nn.softmax(logits, axis=-1), sampled_values)
-  else:
-    full = jnp.einsum("bqhd,bkhd->bhqk", _with_ones(query),
-                      _with_bias(key, jnp.broadcast_to(mask[:, :, None], key.shape[:3])),
-                      preferred_element_type=jnp.float32)
-    log_denominator = jax.nn.logsumexp(full, axis=-1, keepdims=True)
-    log_denominator = jnp.where(real_length[:, None, None, None] > 0, log_denominator, 0.0)
-    out = jnp.einsum("bhqt,bhtd->bhqd", jnp.exp(logits - log_denominator), sampled_values)
 
-  out = jnp.transpose(out, (0, 2, 1, 3))
+    def adaptive(query):  # A block of queries: [batch, c, heads, head_dim] -> [batch, heads, c, p]
+      logits = sampled_logits(query)
+      # Any per-row constant cancels in the ratio, so the max is not
+      # differentiated (which would cost extra passes over [n, S]).
+      row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+      row_max = jnp.where(count > 0, row_max, 0.0)
+      weights = jnp.exp(logits - row_max)  # 0 on unused slots
+      # The mean sampled logit is q_i . (mean sampled key): O(n p), not O(n S).
+      mean_logit = jnp.einsum("bqhd,bhd->bhq", query, mean_key)[..., None]
+      fill = jnp.exp(mean_logit - row_max)  # g_i, geometric mean of a_it
+      products = jnp.einsum("bhqt,bhtd->bhqd", weights, values_and_ones)
+      numerator = products[..., :-1] + fill * unsampled_values[:, :, None, :]
+      denominator = products[..., -1:] + unsampled * fill
+      return numerator / jnp.where(denominator > 0, denominator, 1.0)
+
+    row_block = adaptive
+  elif normalisation == "simple":
+    def row_block(query):
+      return jnp.einsum("bhqt,bhtd->bhqd", jax.nn.softmax(sampled_logits(query), axis=-1),
+                        sampled_values)
+  else:
+    biased_all_keys = _with_bias(key, jnp.broadcast_to(mask[:, :, None], key.shape[:3]))
+    has_real = real_length[:, None, None, None] > 0
+
+    def row_block(query):
+      full = jnp.einsum("bqhd,bkhd->bhqk", _with_ones(query), biased_all_keys,
+                        preferred_element_type=jnp.float32)
+      log_denominator = jnp.where(has_real, jax.nn.logsumexp(full, axis=-1, keepdims=True), 0.0)
+      return jnp.einsum("bhqt,bhtd->bhqd", jnp.exp(sampled_logits(query) - log_denominator),
+                        sampled_values)
+
+  out = chunking.map_length_chunks(
+      lambda query: jnp.transpose(row_block(query), (0, 2, 1, 3)), (query,), chunk_size)
   if pilot_replacement:
     out = _replace_pilot_rows(out, pilot_probabilities, values, draws)
   return out.astype(value.dtype)
@@ -452,7 +470,8 @@ def _replace_pilot_rows(out, pilot_probabilities, values, draws):
 
 def skeinformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                           rng: jax.Array | None = None, nb_features: int = 256,
-                          sample_size_from_batch: bool = False) -> jax.Array:
+                          sample_size_from_batch: bool = False,
+                          chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Skeinformer (Algorithm 1): importance sampling, adaptive normalisation, pilot rows exact.
 
   `skein_attention` with sampling='importance', normalisation='adaptive',
@@ -460,12 +479,13 @@ def skeinformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, ma
   """
   return skein_attention(query, key, value, mask, rng=rng, nb_features=nb_features,
                          sampling="importance", normalisation="adaptive", pilot_replacement=True,
-                         sample_size_from_batch=sample_size_from_batch)
+                         sample_size_from_batch=sample_size_from_batch, chunk_size=chunk_size)
 
 
 def skein_nopilot_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                             rng: jax.Array | None = None, nb_features: int = 256,
-                            sample_size_from_batch: bool = False) -> jax.Array:
+                            sample_size_from_batch: bool = False,
+                            chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Skeinformer w/o pilot sampling reutilisation (the pilot only sets the probabilities).
 
   `skein_attention` with sampling='importance', normalisation='adaptive',
@@ -473,12 +493,13 @@ def skein_nopilot_attention(query: jax.Array, key: jax.Array, value: jax.Array, 
   """
   return skein_attention(query, key, value, mask, rng=rng, nb_features=nb_features,
                          sampling="importance", normalisation="adaptive", pilot_replacement=False,
-                         sample_size_from_batch=sample_size_from_batch)
+                         sample_size_from_batch=sample_size_from_batch, chunk_size=chunk_size)
 
 
 def skein_uniform_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                             rng: jax.Array | None = None, nb_features: int = 256,
-                            sample_size_from_batch: bool = False) -> jax.Array:
+                            sample_size_from_batch: bool = False,
+                            chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Skeinformer w/o column (importance) sampling: columns uniform over real tokens, no pilot.
 
   `skein_attention` with sampling='uniform', normalisation='adaptive',
@@ -486,13 +507,14 @@ def skein_uniform_attention(query: jax.Array, key: jax.Array, value: jax.Array, 
   """
   return skein_attention(query, key, value, mask, rng=rng, nb_features=nb_features,
                          sampling="uniform", normalisation="adaptive", pilot_replacement=False,
-                         sample_size_from_batch=sample_size_from_batch)
+                         sample_size_from_batch=sample_size_from_batch, chunk_size=chunk_size)
 
 
 def skein_simplenorm_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                                mask: jax.Array, *, rng: jax.Array | None = None,
                                nb_features: int = 256,
-                               sample_size_from_batch: bool = False) -> jax.Array:
+                               sample_size_from_batch: bool = False,
+                               chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Skeinformer w/ simple row normalisation: softmax over the sampled columns only.
 
   `skein_attention` with sampling='importance', normalisation='simple',
@@ -500,12 +522,13 @@ def skein_simplenorm_attention(query: jax.Array, key: jax.Array, value: jax.Arra
   """
   return skein_attention(query, key, value, mask, rng=rng, nb_features=nb_features,
                          sampling="importance", normalisation="simple", pilot_replacement=False,
-                         sample_size_from_batch=sample_size_from_batch)
+                         sample_size_from_batch=sample_size_from_batch, chunk_size=chunk_size)
 
 
 def skein_nonorm_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                            rng: jax.Array | None = None, nb_features: int = 256,
-                           sample_size_from_batch: bool = False) -> jax.Array:
+                           sample_size_from_batch: bool = False,
+                           chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Skeinformer w/o row normalisation: exact softmax denominators, O(n^2) time and memory.
 
   `skein_attention` with sampling='importance', normalisation='exact',
@@ -513,7 +536,7 @@ def skein_nonorm_attention(query: jax.Array, key: jax.Array, value: jax.Array, m
   """
   return skein_attention(query, key, value, mask, rng=rng, nb_features=nb_features,
                          sampling="importance", normalisation="exact", pilot_replacement=False,
-                         sample_size_from_batch=sample_size_from_batch)
+                         sample_size_from_batch=sample_size_from_batch, chunk_size=chunk_size)
 
 
 def vmean_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
@@ -589,12 +612,15 @@ class SkeinformerAttention(nn.Module):
     redraw_samples: fresh draws per call (True, the reference) or one key
       fixed at initialisation.
     sample_size_from_batch: the reference's batch-shared sample size.
+    chunk_size: queries per block (a speed setting: the outputs agree to
+      float rounding; None computes the whole length at once).
   """
 
   dropout_rate: float = 0.0
   nb_features: int = 256
   redraw_samples: bool = True
   sample_size_from_batch: bool = False
+  chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE
 
   # The variant's switches of `skein_attention`.
   switches: ClassVar[dict[str, Any]] = dict(sampling="importance", normalisation="adaptive",
@@ -611,7 +637,8 @@ class SkeinformerAttention(nn.Module):
           lambda: jax.random.key_data(self.make_rng(registry.ATTENTION_RNG))).value
       rng = jax.random.wrap_key_data(key_data)
     return skein_attention(query, key, value, mask, rng=rng, nb_features=self.nb_features,
-                           sample_size_from_batch=self.sample_size_from_batch, **self.switches)
+                           sample_size_from_batch=self.sample_size_from_batch,
+                           chunk_size=self.chunk_size, **self.switches)
 
 
 class SkeinNopilotAttention(SkeinformerAttention):

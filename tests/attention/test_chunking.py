@@ -99,14 +99,16 @@ def test_random_feature_attention_in_blocks_equals_one_block(feature_map, settin
     np.testing.assert_allclose(g_blocks / scale, g_whole / scale, atol=tolerance)
 
 
-@pytest.mark.parametrize("method", ["nystrom", "linformer", "performer", "spectraformer"])
+@pytest.mark.parametrize("method", ["nystrom", "linformer", "performer", "spectraformer",
+                                    "skeinformer", "skein_simplenorm", "skein_nonorm"])
 def test_modules_in_blocks_equal_one_block(method):
   q, mask = _tokens(seed=7)
   k, _ = _tokens(seed=8)
   v, _ = _tokens(seed=9)
   small = dict(nystrom=dict(num_landmarks=6), linformer=dict(linformer_k=8),
                performer=dict(nb_features=8, redraw_features=False),
-               spectraformer=dict(nb_features=8, feature_map="oprf"))[method]
+               spectraformer=dict(nb_features=8, feature_map="oprf")).get(
+                   method, dict(nb_features=8))
   module_class = attention.get(method)
   rngs = {"params": jax.random.key(0), attention.ATTENTION_RNG: jax.random.key(1)}
   variables = module_class(**small, chunk_size=None).init(rngs, q, k, v, mask, deterministic=True)

@@ -440,7 +440,7 @@ def test_vmean_module_has_no_variables_and_no_randomness():
 def test_default_hyperparameters_are_the_reference_values():
   for name in ESTIMATORS:
     assert attention.default_hyperparameters(name) == dict(
-        nb_features=256, redraw_samples=True, sample_size_from_batch=False)
+        nb_features=256, redraw_samples=True, sample_size_from_batch=False, chunk_size=1024)
 
 
 def test_bad_arguments_raise_clear_errors():

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import checks, registry
+from lra_jax.attention import checks, chunking, registry
 from lra_jax.attention.layout import heads_major, length_major
 from lra_jax.attention.softmax import softmax_attention
 
@@ -370,7 +370,8 @@ def _random_block_validity(random_blocks: jax.Array, num_blocks: int) -> jax.Arr
 def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
                       rng: jax.Array | None = None, block_size: int = 64, num_random_blocks: int = 3,
                       random_blocks: jax.Array | None = None,
-                      random_blocks_first_1024_tokens: bool = False) -> jax.Array:
+                      random_blocks_first_1024_tokens: bool = False,
+                      chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """BigBird ITC block-sparse attention (Zaheer et al. 2020), O(n block_size (5 + r) d).
 
   The sequence is split into num_blocks = n / block_size blocks (a length that
@@ -403,6 +404,9 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
       ignored.
     random_blocks_first_1024_tokens: draw the random blocks among the first
       1024 tokens only (HF "old plan"); used only when drawing here.
+    chunk_size: tokens per group of middle query blocks computed together
+      (`chunking`: their gathered key blocks and logits never exist for the
+      whole length; None: all at once).
 
   Returns:
     [batch, length, heads, head_dim] in `value.dtype`. Logits and softmax are
@@ -418,7 +422,8 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
     return bigbird_attention(
         query, key, value, mask, rng=rng, block_size=block_size, num_random_blocks=num_random_blocks,
         random_blocks=random_blocks,
-        random_blocks_first_1024_tokens=random_blocks_first_1024_tokens)[:, :length]
+        random_blocks_first_1024_tokens=random_blocks_first_1024_tokens,
+        chunk_size=chunk_size)[:, :length]
   batch, _, heads, head_dim = query.shape
   num_middle = max(num_blocks - 2, 0)
   if random_blocks is None:
@@ -454,47 +459,57 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
 
   # Middle query blocks against their key-block slots: first, last, the
   # window (left, self, right) and the random blocks.
-  middle_q = q[:, :, 1:-1]  # [b, h, m, bs, d]
   random_blocks = random_blocks.astype(jnp.int32)
   random_valid = _random_block_validity(random_blocks, num_blocks)  # [h, m, r]
   random_safe = jnp.where(random_valid, random_blocks, 0)
   heads_index = jnp.arange(heads)[:, None, None]
 
-  def window(x):  # [b, h, nb, ...] -> [b, h, m, 3, ...]
-    return jnp.stack([x[:, :, :-2], x[:, :, 1:-1], x[:, :, 2:]], axis=3)
-
-  def slots(x):  # window and random blocks of x [b, h, nb, bs, d] -> [b, h, m, 3 + r, bs, d]
-    return jnp.concatenate([window(x), x[:, heads_index, random_safe]], axis=3)
-
-  slot_keys, slot_values = slots(k), slots(v)
-  # The window's left block of query block 1 is block 0, its right block of
-  # query block nb - 2 is block nb - 1: both are already global slots.
+  # Each middle block's key-block slots: the window (left, self, right), then
+  # the random blocks. The window's left block of query block 1 is block 0,
+  # its right block of query block nb - 2 is block nb - 1: both are already
+  # global slots.
+  middle = jnp.arange(1, num_blocks - 1)
+  window_index = jnp.stack([middle - 1, middle, middle + 1], axis=-1)  # [m, 3]
   window_valid = jnp.ones((num_middle, 3), bool).at[0, 0].set(False).at[-1, 2].set(False)
+  slot_index = jnp.concatenate(
+      [jnp.broadcast_to(window_index, (heads, num_middle, 3)), random_safe], axis=-1)
+  slot_valid = jnp.concatenate(
+      [jnp.broadcast_to(window_valid, (heads, num_middle, 3)), random_valid], axis=-1)
   mask_heads = jnp.broadcast_to(mask_blocks[:, None], (batch, heads, num_blocks, block_size))
-  slot_real = jnp.concatenate([
-      window(mask_heads) & window_valid[None, None, :, :, None],
-      mask_heads[:, heads_index, random_safe] & random_valid[None, :, :, :, None],
-  ], axis=3)  # [b, h, m, 3 + r, bs]
   global_real = mask_blocks[:, None, None, jnp.array([0, num_blocks - 1])]  # [b, 1, 1, 2, bs]
-
   global_k = k[:, :, jnp.array([0, num_blocks - 1])]  # [b, h, 2, bs, d]
   global_v = v[:, :, jnp.array([0, num_blocks - 1])]
-  logits_global = jnp.einsum("bhmqd,bhgkd->bhmqgk", middle_q, global_k,
-                             preferred_element_type=jnp.float32)
-  logits_slots = jnp.einsum("bhmqd,bhmskd->bhmqsk", middle_q, slot_keys,
-                            preferred_element_type=jnp.float32)
-  num_slots = 2 + slot_keys.shape[3]
-  logits = jnp.concatenate([logits_global, logits_slots], axis=4)  # [b, h, m, bs, 5 + r, bs]
-  key_real = jnp.concatenate([jnp.broadcast_to(global_real, (batch, heads, num_middle, 2, block_size)),
-                              slot_real], axis=3)[:, :, :, None]
-  shape = logits.shape
-  weights = softmax_weights(logits.reshape(*shape[:4], num_slots * block_size),
-                            key_real.reshape(batch, heads, num_middle, 1, num_slots * block_size))
-  weights = weights.reshape(shape).astype(value.dtype)
-  middle_out = (jnp.einsum("bhmqgk,bhgkd->bhmqd", weights[:, :, :, :, :2], global_v,
-                           preferred_element_type=jnp.float32)
-                + jnp.einsum("bhmqsk,bhmskd->bhmqd", weights[:, :, :, :, 2:], slot_values,
-                             preferred_element_type=jnp.float32))
+
+  def middle_blocks(middle_q, slot_index, slot_valid):
+    """Query blocks [b, c, h, bs, d] with their slots [1, c, h, 3 + r] -> [b, c, h, bs, d]."""
+    middle_q = jnp.swapaxes(middle_q, 1, 2)  # [b, h, c, bs, d]
+    slot_index, slot_valid = jnp.swapaxes(slot_index[0], 0, 1), jnp.swapaxes(slot_valid[0], 0, 1)
+    slot_keys, slot_values = k[:, heads_index, slot_index], v[:, heads_index, slot_index]
+    slot_real = mask_heads[:, heads_index, slot_index] & slot_valid[None, ..., None]
+    chunk = middle_q.shape[2]
+    logits_global = jnp.einsum("bhmqd,bhgkd->bhmqgk", middle_q, global_k,
+                               preferred_element_type=jnp.float32)
+    logits_slots = jnp.einsum("bhmqd,bhmskd->bhmqsk", middle_q, slot_keys,
+                              preferred_element_type=jnp.float32)
+    num_slots = 2 + slot_keys.shape[3]
+    logits = jnp.concatenate([logits_global, logits_slots], axis=4)  # [b, h, c, bs, 5 + r, bs]
+    key_real = jnp.concatenate([jnp.broadcast_to(global_real, (batch, heads, chunk, 2, block_size)),
+                                slot_real], axis=3)[:, :, :, None]
+    shape = logits.shape
+    weights = softmax_weights(logits.reshape(*shape[:4], num_slots * block_size),
+                              key_real.reshape(batch, heads, chunk, 1, num_slots * block_size))
+    weights = weights.reshape(shape).astype(value.dtype)
+    out = (jnp.einsum("bhmqgk,bhgkd->bhmqd", weights[:, :, :, :, :2], global_v,
+                      preferred_element_type=jnp.float32)
+           + jnp.einsum("bhmqsk,bhmskd->bhmqd", weights[:, :, :, :, 2:], slot_values,
+                        preferred_element_type=jnp.float32))
+    return jnp.swapaxes(out, 1, 2)
+
+  blocks_per_chunk = None if chunk_size is None else max(1, chunk_size // block_size)
+  middle_out = chunking.map_length_chunks(
+      middle_blocks, (jnp.swapaxes(q[:, :, 1:-1], 1, 2), jnp.swapaxes(slot_index, 0, 1)[None],
+                      jnp.swapaxes(slot_valid, 0, 1)[None]), blocks_per_chunk)
+  middle_out = jnp.swapaxes(middle_out, 1, 2)  # [b, h, m, bs, d]
 
   out = jnp.concatenate([global_out[:, :, :1], middle_out, global_out[:, :, 1:]], axis=2)
   out = out.reshape(batch, heads, length, head_dim)
@@ -544,6 +559,8 @@ class BigBirdAttention(nn.Module):
     num_random_blocks: random key blocks per query block and head (reference: 3).
     random_pattern: 'fixed' or 'per_call' (see above).
     random_blocks_first_1024_tokens: the HF "old plan" restriction.
+    chunk_size: tokens per group of query blocks (a speed setting: the
+      outputs agree to float rounding; None computes all blocks at once).
   """
 
   dropout_rate: float = 0.0
@@ -551,6 +568,7 @@ class BigBirdAttention(nn.Module):
   num_random_blocks: int = 3
   random_pattern: str = "fixed"
   random_blocks_first_1024_tokens: bool = False
+  chunk_size: int | None = chunking.DEFAULT_CHUNK_SIZE
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, deterministic: bool):
@@ -581,7 +599,8 @@ class BigBirdAttention(nn.Module):
               f"initialisation length, or use random_pattern='per_call'.")
       random_blocks = self.variable(registry.CONSTANTS, "random_blocks", draw).value
     return bigbird_attention(query, key, value, mask, block_size=self.block_size,
-                             num_random_blocks=self.num_random_blocks, random_blocks=random_blocks)
+                             num_random_blocks=self.num_random_blocks, random_blocks=random_blocks,
+                             chunk_size=self.chunk_size)
 
 
 # Contract-test inputs have length 24, one sequence with 15 real tokens. For

@@ -100,29 +100,33 @@ def test_random_feature_attention_in_blocks_equals_one_block(feature_map, settin
 
 
 @pytest.mark.parametrize("method", ["nystrom", "linformer", "performer", "spectraformer",
-                                    "skeinformer", "skein_simplenorm", "skein_nonorm"])
+                                    "skeinformer", "skein_simplenorm", "skein_nonorm", "bigbird"])
 def test_modules_in_blocks_equal_one_block(method):
   q, mask = _tokens(seed=7)
   k, _ = _tokens(seed=8)
   v, _ = _tokens(seed=9)
   small = dict(nystrom=dict(num_landmarks=6), linformer=dict(linformer_k=8),
                performer=dict(nb_features=8, redraw_features=False),
-               spectraformer=dict(nb_features=8, feature_map="oprf")).get(
+               spectraformer=dict(nb_features=8, feature_map="oprf"),
+               bigbird=dict(block_size=2, num_random_blocks=1)).get(
                    method, dict(nb_features=8))
   module_class = attention.get(method)
   rngs = {"params": jax.random.key(0), attention.ATTENTION_RNG: jax.random.key(1)}
   variables = module_class(**small, chunk_size=None).init(rngs, q, k, v, mask, deterministic=True)
 
-  def loss(variables, q, k, v, chunk_size):
+  params = variables.get("params", {})
+  constants = {name: value for name, value in variables.items() if name != "params"}
+
+  def loss(params, q, k, v, chunk_size):
     out = module_class(**small, chunk_size=chunk_size).apply(
-        variables, q, k, v, mask, deterministic=True,
+        {"params": params, **constants}, q, k, v, mask, deterministic=True,
         rngs={attention.ATTENTION_RNG: jax.random.key(2)})
     real = jnp.where(mask[:, :, None, None], out, 0.0)
     return jnp.sum(real * jnp.cos(real)), out
 
   grad = jax.jit(jax.value_and_grad(loss, range(4), has_aux=True), static_argnums=4)
-  (_, whole), grads_whole = grad(variables, q, k, v, None)
-  (_, blocks), grads_blocks = grad(variables, q, k, v, 5)
+  (_, whole), grads_whole = grad(params, q, k, v, None)
+  (_, blocks), grads_blocks = grad(params, q, k, v, 5)
   np.testing.assert_allclose(blocks, whole, rtol=2e-5, atol=2e-6)
   for g_blocks, g_whole in zip(jax.tree.leaves(grads_blocks), jax.tree.leaves(grads_whole)):
     scale = float(jnp.max(jnp.abs(g_whole))) + 1e-6

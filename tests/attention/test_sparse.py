@@ -431,7 +431,7 @@ def test_bigbird_fixed_pattern_is_drawn_once_per_layer():
     model.apply(variables, *_inputs((40,), 40))
   assert attention.default_hyperparameters("bigbird") == {
       "block_size": 64, "num_random_blocks": 3, "random_pattern": "fixed",
-      "random_blocks_first_1024_tokens": False}
+      "random_blocks_first_1024_tokens": False, "chunk_size": 1024}
 
 
 def test_bigbird_per_call_pattern_is_redrawn():

@@ -214,22 +214,59 @@ def _with_bias(x, keep):
   return jnp.concatenate([x, jnp.broadcast_to(bias[..., None], x.shape[:-1] + (1,))], axis=-1)
 
 
-def _pilot_probabilities(query, key, mask, pilot):
-  """Exact softmax rows of the pilot queries over the real keys: [batch, heads, S, length]."""
-  pilot_queries = jnp.take_along_axis(query, pilot[:, :, None, None], axis=1)
-  logits = jnp.einsum("bthd,bkhd->bhtk", _with_ones(pilot_queries),
-                      _with_bias(key, jnp.broadcast_to(mask[:, :, None], key.shape[:3])),
-                      preferred_element_type=jnp.float32)
-  return jax.nn.softmax(logits, axis=-1)
+class _Pilot(NamedTuple):
+  """The pilot rows' exact softmax over the real keys, as the factors its blocks are made from.
+
+  Row t's weights are exp(queries_t . [k_j, bias_j] - log_normaliser_t):
+  made block by block over the keys (`chunking`), never as one
+  [batch, heads, S, length] array.
+  """
+
+  queries: jax.Array  # [batch, S, heads, head_dim + 1], `_with_ones` of the pilot queries
+  log_normaliser: jax.Array  # [batch, heads, S], logsumexp of each row over the real keys
 
 
-def _importance_probabilities(pilot_probabilities, value, mask, sample_size):
+def _pilot_logits(pilot_queries, key, mask):
+  """Masked logits of the pilot rows against a block of keys: [batch, heads, S, c]."""
+  return jnp.einsum("bthd,bkhd->bhtk", pilot_queries,
+                    _with_bias(key, jnp.broadcast_to(mask[:, :, None], key.shape[:3])),
+                    preferred_element_type=jnp.float32)
+
+
+def _pilot_rows(query, key, mask, pilot_positions, chunk_size):
+  """The pilot queries and their softmax normalisers (differentiable), the logsumexp in key blocks."""
+  queries = _with_ones(jnp.take_along_axis(query, pilot_positions[:, :, None, None], axis=1))
+  log_normaliser = chunking.reduce_length_chunks(
+      lambda key, mask: jax.nn.logsumexp(_pilot_logits(queries, key, mask), axis=-1),
+      (key, mask), chunk_size, combine=jnp.logaddexp)
+  return _Pilot(queries, log_normaliser)
+
+
+def _pilot_weights(pilot: _Pilot, key, mask):
+  """The pilot rows' softmax weights over a block of keys: [batch, heads, S, c]."""
+  return jnp.exp(_pilot_logits(pilot.queries, key, mask) - pilot.log_normaliser[..., None])
+
+
+def _pilot_outputs(pilot: _Pilot, key, values, mask, chunk_size):
+  """The pilot rows' exact softmax attention outputs: [batch, S, heads, head_dim]."""
+  return chunking.reduce_length_chunks(
+      lambda key, values, mask: jnp.einsum("bhtk,bkhd->bthd", _pilot_weights(pilot, key, mask),
+                                           values, preferred_element_type=jnp.float32),
+      (key, values, mask), chunk_size)
+
+
+def _importance_probabilities(pilot: _Pilot, key, value, mask, sample_size, chunk_size):
   """w_j proportional to ||B_J[:, j]|| ||v_j|| (paper eq. 5), zero on padded j: [b, h, n]."""
-  num_samples = pilot_probabilities.shape[2]
-  used = (jnp.arange(num_samples)[None, :] < sample_size[:, None]).astype(jnp.float32)
-  column_norm = jnp.sqrt(jnp.sum(pilot_probabilities ** 2 * used[:, None, :, None], axis=2))
-  value_norm = jnp.sqrt(jnp.sum(value ** 2, axis=-1)).transpose(0, 2, 1)  # [batch, heads, length]
-  score = jnp.where(mask[:, None, :], column_norm * value_norm, 0.0)
+  num_slots = pilot.queries.shape[1]
+  used = (jnp.arange(num_slots)[None, :] < sample_size[:, None]).astype(jnp.float32)
+
+  def scores(key, value, mask):  # a block of keys: [batch, c, heads]
+    weights = _pilot_weights(pilot, key, mask)
+    column_norm = jnp.sqrt(jnp.sum(weights ** 2 * used[:, None, :, None], axis=2))
+    value_norm = jnp.sqrt(jnp.sum(value ** 2, axis=-1))  # [batch, c, heads]
+    return jnp.where(mask[:, :, None], jnp.swapaxes(column_norm, 1, 2) * value_norm, 0.0)
+
+  score = jnp.swapaxes(chunking.map_length_chunks(scores, (key, value, mask), chunk_size), 1, 2)
   total = jnp.sum(score, axis=-1, keepdims=True)
   return score / jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
 
@@ -240,23 +277,25 @@ def _uniform_probabilities(mask, heads):
   return jnp.broadcast_to(probabilities[:, None, :], (mask.shape[0], heads, mask.shape[1]))
 
 
-def _draw(rng, query, key, value, mask, nb_features, sampling, sample_size_from_batch):
-  """The draws and, with a pilot, the pilot rows' exact softmax (differentiable)."""
+def _draw(rng, query, key, value, mask, nb_features, sampling, sample_size_from_batch,
+          chunk_size):
+  """The draws and, with a pilot, the pilot rows' exact softmax (`_Pilot`, differentiable)."""
   num_samples = skein_num_samples(mask.shape[1], nb_features)
   sample_size = skein_sample_sizes(mask, nb_features, sample_size_from_batch)
   pilot_rng, column_rng = jax.random.split(rng)
   if sampling == "importance":
-    pilot = skein_pilot_indices(pilot_rng, mask, num_samples)
-    pilot_probabilities = _pilot_probabilities(query, key, mask, pilot)
+    pilot_positions = skein_pilot_indices(pilot_rng, mask, num_samples)
+    pilot = _pilot_rows(query, key, mask, pilot_positions, chunk_size)
     # The sampling distribution is not differentiated through (the reference
     # draws under torch.no_grad()).
-    probabilities = _importance_probabilities(jax.lax.stop_gradient(pilot_probabilities),
-                                              jax.lax.stop_gradient(value), mask, sample_size)
+    probabilities = _importance_probabilities(
+        jax.tree.map(jax.lax.stop_gradient, pilot), jax.lax.stop_gradient(key),
+        jax.lax.stop_gradient(value), mask, sample_size, chunk_size)
   else:
-    pilot = pilot_probabilities = None
+    pilot_positions = pilot = None
     probabilities = _uniform_probabilities(mask, query.shape[2])
   columns = skein_column_indices(column_rng, probabilities, mask, num_samples)
-  return SkeinDraws(pilot, columns, sample_size), pilot_probabilities
+  return SkeinDraws(pilot_positions, columns, sample_size), pilot
 
 
 def _check_switches(sampling, normalisation, pilot_replacement):
@@ -293,7 +332,7 @@ def skein_draws(rng: jax.Array, query: jax.Array, key: jax.Array, value: jax.Arr
   _check_inputs(query, key, value, mask, nb_features)
   _check_switches(sampling, "adaptive", False)
   draws, _ = _draw(rng, *_scaled_and_zero_padded(query, key, value, mask), mask, nb_features,
-                   sampling, sample_size_from_batch)
+                   sampling, sample_size_from_batch, chunking.DEFAULT_CHUNK_SIZE)
   return draws
 
 
@@ -317,8 +356,9 @@ def skein_column_probabilities(query: jax.Array, key: jax.Array, value: jax.Arra
     tokens or when every real value row is zero).
   """
   query, key, value = _scaled_and_zero_padded(query, key, value, mask)
-  return _importance_probabilities(_pilot_probabilities(query, key, mask, pilot), value, mask,
-                                   sample_size)
+  chunk_size = chunking.DEFAULT_CHUNK_SIZE
+  return _importance_probabilities(_pilot_rows(query, key, mask, pilot, chunk_size), key, value,
+                                   mask, sample_size, chunk_size)
 
 
 def skein_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,
@@ -378,8 +418,8 @@ def skein_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
   _check_inputs(query, key, value, mask, nb_features)
   _check_switches(sampling, normalisation, pilot_replacement)
   query, key, values = _scaled_and_zero_padded(query, key, value, mask)
-  draws, pilot_probabilities = _draw(rng, query, key, values, mask, nb_features, sampling,
-                                     sample_size_from_batch)
+  draws, pilot = _draw(rng, query, key, values, mask, nb_features, sampling,
+                       sample_size_from_batch, chunk_size)
   columns = draws.columns
   num_samples = columns.shape[-1]
   real_length = jnp.sum(mask, axis=-1)
@@ -441,12 +481,12 @@ def skein_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
   out = chunking.map_length_chunks(
       lambda query: jnp.transpose(row_block(query), (0, 2, 1, 3)), (query,), chunk_size)
   if pilot_replacement:
-    out = _replace_pilot_rows(out, pilot_probabilities, values, draws)
+    out = _replace_pilot_rows(out, _pilot_outputs(pilot, key, values, mask, chunk_size), draws)
   return out.astype(value.dtype)
 
 
-def _replace_pilot_rows(out, pilot_probabilities, values, draws):
-  """out [b, n, h, p] with rows J_t (t < d_b) set to the pilot's exact outputs.
+def _replace_pilot_rows(out, exact, draws):
+  """out [b, n, h, p] with rows J_t (t < d_b) set to the pilot's exact outputs exact [b, S, h, p].
 
   Only the first slot of a position drawn twice writes it (the others are
   sent to distinct out-of-range rows and dropped), so the scatter has unique
@@ -455,7 +495,6 @@ def _replace_pilot_rows(out, pilot_probabilities, values, draws):
   """
   length = out.shape[1]
   num_samples = draws.pilot.shape[1]
-  exact = jnp.einsum("bhtk,bkhd->bthd", pilot_probabilities, values)  # [batch, S, heads, head_dim]
   slots = jnp.arange(num_samples, dtype=jnp.int32)
   earlier = (draws.pilot[:, :, None] == draws.pilot[:, None, :]) & (slots[:, None] > slots[None, :])
   first = (slots[None, :] < draws.sample_size[:, None]) & ~jnp.any(earlier, axis=-1)

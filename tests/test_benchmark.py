@@ -268,3 +268,38 @@ def test_old_script_flags_are_translated():
   spec.loader.exec_module(script)
   assert script.translate(["--torch", "--out=benchmarks/results/attention_cpu.md"]) == [
       "attention", "--torch", "--out=benchmarks/results", "--name=attention_cpu"]
+
+
+def _scaling_script():
+  path = pathlib.Path(__file__).parents[1] / "benchmarks" / "scaling.py"
+  spec = importlib.util.spec_from_file_location("benchmarks_scaling", path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  return script
+
+
+def test_scaling_calls_alternate_and_medians_are_per_call():
+  script = _scaling_script()
+  order = []
+
+  def call(label, value):
+    def run(seed):
+      order.append((label, seed))
+      return jnp.asarray(value)
+    return run
+
+  medians = script.interleaved_medians([call("short", 1), call("long", 2)], rounds=3, warmup=1)
+  assert order == [("short", 0), ("long", 0), ("short", 1), ("long", 1), ("short", 2), ("long", 2),
+                   ("short", 3), ("long", 3)]
+  assert len(medians) == 2 and all(m >= 0 for m in medians)
+
+
+def test_scaling_script_writes_its_table(tmp_path):
+  out = tmp_path / "scaling.md"
+  rows = _scaling_script().main(["--methods=performer,linformer", "--short=32", "--long=64",
+                                 "--rounds=1", f"--out={out}"])
+  assert [label for label, _, _ in rows] == ["performer", "linformer"]
+  text = out.read_text()
+  assert "| performer |" in text and "ratio (limit 2.2)" in text
+  with pytest.raises(SystemExit):
+    _scaling_script().main(["--methods=no_such_method"])

@@ -16,8 +16,8 @@ The maths is unchanged: a token-wise function is applied block by block
 on axis 1 ([batch, length, ...], masks [batch, length]); what every block
 shares (statistics, parameters) the function closes over. The length is
 padded to a multiple of the block with zeros (False for masks), so a
-reduction must mask the padding: callers pass a mask among the arrays. Sequences no longer than one block run in one plain
-call, with no scan.
+reduction must mask the padding: callers pass a mask among the arrays.
+Sequences no longer than one block run in one plain call, with no scan.
 """
 
 from __future__ import annotations

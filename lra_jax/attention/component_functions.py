@@ -88,7 +88,7 @@ def check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
 
 def stabilizer_value(log_features: jax.Array, stabilizer: str,
                      mask: jax.Array | None) -> jax.Array:
-  """The stabiliser's max over `log_features` [b, n, h, k] (module docstring), gradients not stopped.
+  """The stabiliser's max over `log_features` [b, n, h, k] (module docstring), not stopped.
 
   'sequence' leaves out the tokens where `mask` [b, n] is False and gives
   -inf to a (batch, head) without real tokens; a max of block maxima is the
@@ -168,7 +168,11 @@ def positive_features(x: jax.Array, projection: jax.Array, *, a: jax.Array | flo
 def _positive_log_parts(x: jax.Array, projection: jax.Array, *, a: jax.Array | float,
                         scales: jax.Array | None, kernel: str, mask: jax.Array | None,
                         d_factor: bool) -> tuple[jax.Array, jax.Array]:
-  """log of `positive_features` before the stabiliser: (A ||w_f||^2 + B w_f.x' [b, n, h, m], offset [b, n, h, 1])."""
+  """log of `positive_features` before the stabiliser, in two parts.
+
+  Returns:
+    (A ||w_f||^2 + B w_f.x' [b, n, h, m], offset [b, n, h, 1]).
+  """
   check_choice("kernel", kernel, KERNELS)
   _check_projection(x, projection)
   x = x.astype(jnp.float32)

@@ -283,7 +283,11 @@ def random_feature_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 
 def _normalised_readout(query_features: jax.Array, context: jax.Array, key_sum: jax.Array,
                         positive: bool) -> jax.Array:
-  """phi(q) context / phi(q) key_sum: [b, h, n, m] features -> [b, n, h, d] float32 (see `linear_attention`)."""
+  """phi(q) context / phi(q) key_sum: [b, h, n, m] features -> [b, n, h, d] float32.
+
+  The normalisation of `linear_attention`: a zero denominator means no real
+  key for positive features; signed features keep their sign.
+  """
   numerator = jnp.einsum("bhnm,bhmd->bhnd", query_features, context,
                          preferred_element_type=jnp.float32)
   denominator = jnp.einsum("bhnm,bhm->bhn", query_features, key_sum,

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -446,6 +447,42 @@ def query_key_features(feature_map: str, query: jax.Array, key: jax.Array, proje
     (query features [batch, q_length, heads, m'], key features
     [batch, kv_length, heads, m']) float32, m' = 2m for trigrf, else m.
   """
+  prepared = prepare_features(
+      feature_map, query, key, mask, kernel=kernel, gerf_a=gerf_a,
+      data_normalizer=data_normalizer, numerical_stabilizer=numerical_stabilizer,
+      key_stabilizer=key_stabilizer, norm_in_stabilizer=norm_in_stabilizer,
+      unmasked_statistics=unmasked_statistics, drop_d_factor=drop_d_factor,
+      oprf_per_position_statistic=oprf_per_position_statistic,
+      reference_trigrf_renormalizer=reference_trigrf_renormalizer)
+  component, x, y, a, query_scales, key_scales = prepared
+  query_stab, key_stab = ("token", key_stabilizer) if stabilize else ("none", "none")
+  return (component(x, projection, a=a, scales=query_scales, stabilizer=query_stab),
+          component(y, projection, a=a, scales=key_scales, mask=mask, stabilizer=key_stab))
+
+
+class PreparedFeatures(NamedTuple):
+  """A component function with everything that is not token-wise fixed (`prepare_features`)."""
+
+  component: ComponentFunction
+  x: jax.Array  # [batch, q_length, heads, head_dim] scaled queries
+  y: jax.Array  # [batch, kv_length, heads, head_dim] scaled keys
+  a: jax.Array | float  # GERF's A (`feature_parameters`)
+  query_scales: jax.Array | None  # SADERF's Psi
+  key_scales: jax.Array | None  # SADERF's Psi^-1
+
+
+def prepare_features(feature_map: str, query: jax.Array, key: jax.Array,
+                     mask: jax.Array | None = None, *, kernel: str = "gaussian",
+                     gerf_a: jax.Array | None = None, data_normalizer: float | None = None,
+                     numerical_stabilizer: float = 1e-4, key_stabilizer: str = "sequence",
+                     norm_in_stabilizer: bool = True, unmasked_statistics: bool = False,
+                     drop_d_factor: bool = False, oprf_per_position_statistic: bool = False,
+                     reference_trigrf_renormalizer: bool = False) -> PreparedFeatures:
+  """The component function, the scaled inputs and their A and Psi; arguments as `query_key_features`.
+
+  What remains is token-wise (but for the stabilisers): the features of any
+  block of tokens are `component(x_block, projection, a=..., scales=...)`.
+  """
   component = ComponentFunction(feature_map, kernel=kernel,
                                 numerical_stabilizer=numerical_stabilizer,
                                 d_factor=not drop_d_factor, norm_in_stabilizer=norm_in_stabilizer,
@@ -455,9 +492,7 @@ def query_key_features(feature_map: str, query: jax.Array, key: jax.Array, proje
   a, query_scales, key_scales = feature_parameters(
       feature_map, x, y, mask, gerf_a=gerf_a, unmasked_statistics=unmasked_statistics,
       oprf_per_position_statistic=oprf_per_position_statistic)
-  query_stab, key_stab = ("token", key_stabilizer) if stabilize else ("none", "none")
-  return (component(x, projection, a=a, scales=query_scales, stabilizer=query_stab),
-          component(y, projection, a=a, scales=key_scales, mask=mask, stabilizer=key_stab))
+  return PreparedFeatures(component, x, y, a, query_scales, key_scales)
 
 
 def scaled_inputs(query: jax.Array, key: jax.Array,

@@ -197,7 +197,7 @@ def random_feature_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 
   The shared path of Performer (posrf, softmax kernel) and Spectraformer (any
   component function, Gaussian kernel by default): the features of q and k
-  of `component_functions.query_key_features` (the arguments not described
+  of `component_functions.prepare_features` (the arguments not described
   here are described there), then out = phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1)
   in O(n m d), as `linear_attention` computes it. The features are made and
   used block by block over the length (`chunking`): the key stabiliser's
@@ -225,16 +225,13 @@ def random_feature_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   Returns:
     [batch, q_length, heads, head_dim] in `value.dtype`, computed in float32.
   """
-  component = component_functions.ComponentFunction(
-      feature_map, kernel=kernel, numerical_stabilizer=numerical_stabilizer,
-      d_factor=not drop_d_factor, norm_in_stabilizer=norm_in_stabilizer,
+  component, x, y, a, query_scales, key_scales = component_functions.prepare_features(
+      feature_map, query, key, mask, kernel=kernel, gerf_a=gerf_a,
+      data_normalizer=data_normalizer, numerical_stabilizer=numerical_stabilizer,
+      key_stabilizer=key_stabilizer, norm_in_stabilizer=norm_in_stabilizer,
+      unmasked_statistics=padded_keys_in_denominator, drop_d_factor=drop_d_factor,
+      oprf_per_position_statistic=oprf_per_position_statistic,
       reference_trigrf_renormalizer=reference_trigrf_renormalizer)
-  component_functions.check_choice("key_stabilizer", key_stabilizer,
-                                   component_functions.STABILIZERS[:3])
-  x, y = component_functions.scaled_inputs(query, key, data_normalizer)
-  a, query_scales, key_scales = component_functions.feature_parameters(
-      feature_map, x, y, mask, gerf_a=gerf_a, unmasked_statistics=padded_keys_in_denominator,
-      oprf_per_position_statistic=oprf_per_position_statistic)
   # A per position is a per-token input of the blocks; any other A is shared.
   per_position_a = isinstance(a, jax.Array) and a.ndim == 4 and a.shape[1] > 1
 

@@ -32,38 +32,57 @@ def dropout_rng(module: nn.Module, rate: float, deterministic: bool) -> jax.Arra
 
 
 def softmax_readout(x: jax.Array, y: jax.Array, values: jax.Array,
-                    valid: jax.Array | None = None) -> jax.Array:
+                    valid: jax.Array | None = None, *, columns_first: bool = False) -> jax.Array:
   """softmax(x y^T, masked) values over the last axis: [..., r, d], [..., c, d], [..., c, e] -> [..., r, e].
 
   The attention read-out shared by the landmark and projection methods
   (Nyström's softmax(q k_L^T) and softmax(q_L k^T), Linformer's
   softmax(q (E k)^T)): the same numbers as
-  einsum(jax.nn.softmax(where(valid, x y^T, -1e10)), values), with the
-  division by the softmax's denominator applied to the [r, e] product instead
-  of the [r, c] weights (e = head_dim 32 against c = 128 landmarks or 4096
-  keys), forward and backward: Nyström forward+backward measured 115 ms
-  instead of 125 at length 4096 on CPU, 418 instead of 480 at 16384. A masked
-  logit gets zero weight; a row without a valid entry gets uniform weights,
-  as jax.nn.softmax with the finite mask value. Computed in float32.
+  einsum(jax.nn.softmax(where(valid, x y^T, -1e10)), values), computed for
+  XLA:CPU's fast paths (accelerators lose nothing):
+    * the division by the softmax's denominator is applied to the [r, e]
+      product instead of the [r, c] weights (e = head_dim 32 against c = 128
+      landmarks or 4096 keys), forward and backward;
+    * the mask enters as logits * keep + bias (keep 1 or 0, bias 0 or
+      -1e10), both built on `valid`'s own small shape, not as a select on the
+      [r, c] logits, which XLA:CPU broadcasts to a full-size mask first; the
+      value and the gradient are the select's;
+    * `columns_first` lays the logits out as [c, r]: for r << c (Nyström's
+      landmark rows against every key) the backward pass's largest products,
+      the [c, e] gradients of y and values, then contract the minor axis of
+      their left operand, the layout XLA:CPU's fast matmul takes (otherwise
+      they fall back to a path about 3x slower).
+  A masked logit gets zero weight; a row without a valid entry gets uniform
+  weights, as jax.nn.softmax with the finite mask value. Computed in float32.
 
   Args:
     x: [..., r, d] rows (queries, already scaled).
     y: [..., c, d] columns (keys).
     values: [..., c, e].
     valid: bool, broadcastable to [..., r, c], True where the logit counts; None: all.
+    columns_first: compute the logits as [..., c, r] (a speed setting; the
+      result agrees to float rounding).
 
   Returns:
     [..., r, e] float32.
   """
-  logits = jnp.einsum("...rd,...cd->...rc", x.astype(jnp.float32), y.astype(jnp.float32),
-                      preferred_element_type=jnp.float32)
+  x, y, values = (a.astype(jnp.float32) for a in (x, y, values))
+  if columns_first:
+    logits = jnp.einsum("...cd,...rd->...cr", y, x, preferred_element_type=jnp.float32)
+    valid = None if valid is None else jnp.swapaxes(valid, -1, -2)
+    axis, readout = -2, "...cr,...ce->...re"
+  else:
+    logits = jnp.einsum("...rd,...cd->...rc", x, y, preferred_element_type=jnp.float32)
+    axis, readout = -1, "...rc,...ce->...re"
   if valid is not None:
-    logits = jnp.where(valid, logits, _MASK_VALUE)
+    logits = logits * valid.astype(jnp.float32) + jnp.where(valid, 0.0, _MASK_VALUE)
   # Any per-row constant cancels; the max keeps exp finite.
-  unnormalised = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
-  out = jnp.einsum("...rc,...ce->...re", unnormalised, values.astype(jnp.float32),
-                   preferred_element_type=jnp.float32)
-  return out / jnp.sum(unnormalised, axis=-1, keepdims=True)
+  unnormalised = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True)))
+  normaliser = jnp.sum(unnormalised, axis=axis, keepdims=True)
+  if columns_first:
+    normaliser = jnp.swapaxes(normaliser, -1, -2)
+  out = jnp.einsum(readout, unnormalised, values, preferred_element_type=jnp.float32)
+  return out / normaliser
 
 
 def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, *,

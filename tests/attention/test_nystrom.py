@@ -232,6 +232,25 @@ def test_per_matrix_init_does_not_couple_the_batch_and_batch_global_does():
   assert np.abs(coupled[0] - batch_global[0]).max() > 1e-2
 
 
+@pytest.mark.parametrize("init", ["per_matrix", "batch_global"])
+@pytest.mark.parametrize("num_iterations", [0, 1, 6])
+def test_pseudo_inverse_times_is_the_explicit_inverse_applied_with_gradients(init, num_iterations):
+  a = _softmax_matrices(size=16)
+  x = jax.random.normal(jax.random.key(5), (2, 3, 16, 4))
+
+  def applied(a, x):
+    return nystrom.pseudo_inverse_times(a, x, num_iterations, init)
+
+  def explicit(a, x):
+    return nystrom.iterative_pseudo_inverse(a, num_iterations, init) @ x
+
+  np.testing.assert_allclose(applied(a, x), explicit(a, x), rtol=1e-4, atol=1e-4)
+  for got, expected in zip(
+      jax.grad(lambda *args: jnp.sum(jnp.sin(applied(*args))), (0, 1))(a, x),
+      jax.grad(lambda *args: jnp.sum(jnp.sin(explicit(*args))), (0, 1))(a, x)):
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+
+
 def test_pseudo_inverse_rejects_unknown_init():
   with pytest.raises(ValueError, match="per_matrix"):
     nystrom.iterative_pseudo_inverse(_softmax_matrices(), 6, "original")

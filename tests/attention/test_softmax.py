@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lra_jax import attention
 from lra_jax.attention import softmax
@@ -69,19 +70,20 @@ def test_exponentials_are_float32_under_bfloat16():
   assert exp_dtypes == {"float32"}
 
 
-def test_softmax_readout_equals_normalised_weights_times_values_with_gradients():
+@pytest.mark.parametrize("columns_first", [False, True])
+def test_softmax_readout_equals_normalised_weights_times_values_with_gradients(columns_first):
   keys = jax.random.split(jax.random.key(3), 3)
   x = jax.random.normal(keys[0], (2, 3, 5, 4))
   y = jax.random.normal(keys[1], (2, 3, 7, 4))
   values = jax.random.normal(keys[2], (2, 3, 7, 6))
-  valid = jnp.arange(7)[None, None, None, :] < jnp.asarray([7, 0])[:, None, None, None]
+  valid = jnp.arange(7)[None, None, None, :] < jnp.asarray([5, 0])[:, None, None, None]
 
-  def reference(x, y, values):  # row 1 has no valid column: uniform weights
+  def reference(x, y, values):  # batch 0: 5 valid columns; batch 1: none, uniform weights
     logits = jnp.where(valid, jnp.einsum("bhrd,bhcd->bhrc", x, y), -1e10)
     return jnp.einsum("bhrc,bhce->bhre", jax.nn.softmax(logits, axis=-1), values)
 
   def readout(x, y, values):
-    return softmax.softmax_readout(x, y, values, valid)
+    return softmax.softmax_readout(x, y, values, valid, columns_first=columns_first)
 
   np.testing.assert_allclose(readout(x, y, values), reference(x, y, values), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(readout(x, y, values)[1], jnp.broadcast_to(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import pathlib
 
 import jax
@@ -48,6 +49,9 @@ def test_tiny_run_writes_json_markdown_and_plots(tiny_run):
       ("performer", "nb_features", 8), ("performer", "nb_features", 16)]
 
   markdown = (out / "tiny.md").read_text()
+  tunables = os.environ.get("GLIBC_TUNABLES")
+  assert data["environment"]["glibc_tunables"] == tunables
+  assert f"GLIBC_TUNABLES: `{tunables or 'unset'}`." in markdown.splitlines()[2]
   tables = _markdown_tables(markdown)
   assert len(tables) >= 7  # 2 times, 2 speed-ups, memory, memory ratio, errors, sweep
   for table in tables:

@@ -353,7 +353,9 @@ def attention_markdown(data: Mapping[str, Any], plots: Mapping[str, str] | None 
       "# Attention benchmark: time, memory and approximation error", "",
       f"{env['date']}, {env['platform']} ({env['device_kind']}), {env['processor']}, "
       f"{env['cpu_count']} CPUs, jax {env['jax']}."
-      + (f" Command: `{env['command']}`." if env.get("command") else ""), "",
+      + (f" Command: `{env['command']}`." if env.get("command") else "")
+      + (f" GLIBC_TUNABLES: `{env['glibc_tunables'] or 'unset'}`." if "glibc_tunables" in env
+         else ""), "",
       f"Attention core alone (projections excluded), q, k, v [batch {settings['batch']}, length, "
       f"{settings['heads']} heads, head_dim {settings['head_dim']}], every token real, "
       + ("hyper-parameters from the registry's small_input_kwargs (a smoke run). "

@@ -261,14 +261,20 @@ def run_torch(lengths: Sequence[int], dtypes: Sequence[str], shape: Shape, *, re
 
 
 def environment(command: Sequence[str] | None = None) -> dict:
-  """Where and when: device, versions, CPU, date, the command line."""
+  """Where and when: device, versions, CPU, date, the command line, the malloc tunables.
+
+  GLIBC_TUNABLES is recorded because it changes CPU times a lot: `run.sh`
+  turns on transparent huge pages for malloc (see there), and without them
+  each call page-faults its scratch memory afresh.
+  """
   device = jax.devices()[0]
   return {"date": datetime.date.today().isoformat(), "platform": device.platform,
           "device_kind": device.device_kind, "device_count": jax.device_count(),
           "jax": jax.__version__, "machine": platform.machine(),
           "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
           "python": platform.python_version(),
-          "command": " ".join(command) if command is not None else None}
+          "command": " ".join(command) if command is not None else None,
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
 
 
 def payload(*, settings: Mapping[str, Any], cases: Sequence[Case], timings, errors_found,

@@ -23,6 +23,4 @@ def get_config(arg: str = "exp"):
   dot_kernel, protocol = maclaurin.split_config_argument(arg, base_config.PROTOCOLS)
   config = base_config.get_config("text", "rmfa", protocol or "official")
   config.model.attention_kwargs.dot_kernel = dot_kernel
-  if config.protocol == "pytorch_lra":
-    config.train.num_train_steps = maclaurin.SCHOENBAT_TRAIN_STEPS
   return config

@@ -30,6 +30,7 @@ import ml_collections
 
 from lra_jax import attention as attention_lib
 from lra_jax import errors, official_models
+from lra_jax.attention import maclaurin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,6 +336,9 @@ def _pytorch_lra(c: ml_collections.ConfigDict) -> None:
       final_div_factor=1e4, cycle_b1=(0.85, 0.95), grad_clip_value=1.0,
       eval_every_steps=t["eval_every"], num_eval_steps=t["eval_steps"],
       log_every_steps=t["eval_every"])
+  if c.model.attention == "rmfa":
+    # SchoenbAt's copy of the harness trains 10,000 steps (spectraformer_schoenbat.md §6.7).
+    c.train.num_train_steps = maclaurin.SCHOENBAT_TRAIN_STEPS
 
 
 def get_config(task: str = "listops", attention: str = "softmax",

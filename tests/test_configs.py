@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lra_jax import attention, base_config, errors, models, trainer
+from lra_jax.attention import maclaurin
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
@@ -91,6 +92,14 @@ def test_every_method_builds_and_runs_under_each_protocol(name, protocol):
   config = load(CONFIG_DIR / "lra.py", f"{_TASK_OF_METHOD[name]},{name},{protocol}")
   config.model.attention_kwargs.update(attention.get_method(name).small_input_kwargs)
   build_and_apply(shrink(config))
+
+
+@pytest.mark.parametrize("task", ["listops", "text", "retrieval"])
+def test_rmfa_by_config_argument_trains_schoenbats_step_count_under_the_pytorch_harness(task):
+  # The same as configs/<task>_rmfa.py:...,pytorch_lra (tests/attention/test_maclaurin.py).
+  assert (load(CONFIG_DIR / "lra.py", f"{task},rmfa,pytorch_lra").train.num_train_steps
+          == maclaurin.SCHOENBAT_TRAIN_STEPS)
+  assert load(CONFIG_DIR / "lra.py", f"{task},softmax,pytorch_lra").train.num_train_steps == 50_000
 
 
 def test_every_task_has_a_softmax_config_file():

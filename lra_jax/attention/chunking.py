@@ -47,16 +47,31 @@ def _length(tokens: Sequence[jax.Array]) -> int:
   return lengths.pop()
 
 
+def num_blocks(length: int, block_size: int) -> int:
+  """Blocks of a sequence once right-padded to a multiple of block_size."""
+  checks.check_positive_int("block_size", block_size)
+  return -(-length // block_size)
+
+
+def pad_to_multiple(tokens: Sequence[jax.Array], multiple: int) -> tuple[jax.Array, ...]:
+  """Each [batch, length, ...] right-padded on axis 1 with zeros (False for masks) to a multiple.
+
+  The block-structured methods (BigBird, Sinkhorn, Reformer's chunks, these
+  blocks) pad this way, mark the padding masked, and crop their output back to
+  the length.
+  """
+  padding = -_length(tokens) % multiple
+  if not padding:
+    return tuple(tokens)
+  return tuple(jnp.pad(token, [(0, 0), (0, padding)] + [(0, 0)] * (token.ndim - 2))
+               for token in tokens)
+
+
 def _blocks(tokens: Sequence[jax.Array], chunk_size: int) -> tuple[jax.Array, ...]:
   """Each [b, n, ...] -> [num_blocks, b, chunk_size, ...], zero (False) padded."""
-  num_blocks = -(-_length(tokens) // chunk_size)
-  blocks = []
-  for token in tokens:
-    padding = num_blocks * chunk_size - token.shape[1]
-    token = jnp.pad(token, [(0, 0), (0, padding)] + [(0, 0)] * (token.ndim - 2))
-    blocks.append(jnp.moveaxis(token.reshape(token.shape[0], num_blocks, chunk_size,
-                                             *token.shape[2:]), 1, 0))
-  return tuple(blocks)
+  blocks = num_blocks(_length(tokens), chunk_size)
+  return tuple(jnp.moveaxis(token.reshape(token.shape[0], blocks, chunk_size, *token.shape[2:]), 1, 0)
+               for token in pad_to_multiple(tokens, chunk_size))
 
 
 def map_length_chunks(fn: Callable[..., jax.Array], tokens: Sequence[jax.Array],

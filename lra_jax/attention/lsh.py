@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lra_jax.attention import registry
+from lra_jax.attention import chunking, registry
 from lra_jax.attention.layout import heads_major, length_major
 from lra_jax.attention.softmax import dropout_rng, dropout_weights
 
@@ -347,10 +347,9 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
   if length % chunk_length:
     # Masked positions up to the next multiple of chunk_length: they hash to
     # the padding bucket, after every real token, and are never attended to.
-    extra = chunk_length - length % chunk_length
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+    query, value, mask = chunking.pad_to_multiple((query, value, mask), chunk_length)
     return reformer_attention(
-        pad(query), None, pad(value), pad(mask), rng=rng, num_hash=num_hash,
+        query, None, value, mask, rng=rng, num_hash=num_hash,
         chunk_length=chunk_length, num_chunks_before=num_chunks_before,
         num_chunks_after=num_chunks_after, num_buckets=num_buckets,
         correct_duplicates=correct_duplicates, official_lra_logits=official_lra_logits,

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lra_jax.attention import checks, registry
+from lra_jax.attention import checks, chunking, registry
 from lra_jax.attention.softmax import dropout_rng as _dropout_rng
 from lra_jax.attention.softmax import dropout_weights
 
@@ -46,12 +46,6 @@ BLOCK_SUMMARIES = ("sum", "mean")
 def _check_choice(name: str, value, valid) -> None:
   if value not in valid:
     raise ValueError(f"Unknown Sinkhorn {name} {value!r}; valid: {', '.join(valid)}.")
-
-
-def num_blocks(length: int, block_size: int) -> int:
-  """Blocks of a sequence right-padded to a multiple of block_size."""
-  checks.check_positive_int("block_size", block_size)
-  return -(-length // block_size)
 
 
 def to_blocks(x: jax.Array, block_size: int, *, strided: bool = False) -> jax.Array:
@@ -176,7 +170,7 @@ def sinkhorn_sort_matrix(key: jax.Array, mask: jax.Array, sort_kernel: jax.Array
   """
   _check_choice("sort_activation", sort_activation, SORT_ACTIVATIONS)
   length = key.shape[1]
-  blocks = num_blocks(length, block_size)
+  blocks = chunking.num_blocks(length, block_size)
   width = sort_kernel.shape[-1]
   if width < blocks and not allow_truncated:
     raise ValueError(
@@ -184,10 +178,7 @@ def sinkhorn_sort_matrix(key: jax.Array, mask: jax.Array, sort_kernel: jax.Array
         f"{block_size}) = {blocks} outputs, but it has max_num_blocks = {width}. Set max_num_blocks "
         f">= {blocks} (or None: the number of blocks at the initialisation length), or block_size "
         f">= {-(-length // width)}.")
-  extra = blocks * block_size - length
-  if extra:
-    key = jnp.pad(key, ((0, 0), (0, extra), (0, 0), (0, 0)))
-    mask = jnp.pad(mask, ((0, 0), (0, extra)))
+  key, mask = chunking.pad_to_multiple((key, mask), block_size)
   logits = sort_logits(key, mask, sort_kernel, block_size=block_size,
                        strided_blocks=strided_blocks, block_summary=block_summary)
   logits = logits[..., :blocks]
@@ -269,11 +260,9 @@ def sinkhorn_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask:
   _check_choice("sort_activation", sort_activation, SORT_ACTIVATIONS)
   _check_choice("block_summary", block_summary, BLOCK_SUMMARIES)
   batch, length, heads, head_dim = query.shape
-  blocks = num_blocks(length, block_size)
+  blocks = chunking.num_blocks(length, block_size)
   if blocks * block_size != length:
-    extra = blocks * block_size - length
-    query, key, value = (jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0))) for x in (query, key, value))
-    mask = jnp.pad(mask, ((0, 0), (0, extra)))
+    query, key, value, mask = chunking.pad_to_multiple((query, key, value, mask), block_size)
     return sinkhorn_attention(
         query, key, value, mask, rng=rng, sort_kernel=sort_kernel, permutation=permutation,
         block_size=block_size, max_num_blocks=max_num_blocks,
@@ -412,7 +401,7 @@ class SinkhornAttention(nn.Module):
     _check_choice("sort_activation", self.sort_activation, SORT_ACTIVATIONS)
     _check_choice("block_summary", self.block_summary, BLOCK_SUMMARIES)
     head_dim = query.shape[-1]
-    blocks = num_blocks(query.shape[1], self.block_size)
+    blocks = chunking.num_blocks(query.shape[1], self.block_size)
     if self.max_num_blocks is not None:
       checks.check_positive_int("max_num_blocks", self.max_num_blocks)
       width = self.max_num_blocks

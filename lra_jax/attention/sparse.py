@@ -155,9 +155,7 @@ def informer_sparsity(query: jax.Array, key: jax.Array, mask: jax.Array, sample_
   # the size of K (GBs at n = 16384), so queries go through in chunks.
   chunk = max(1, min(length, _GATHER_CHUNK_ELEMENTS // (batch * num_samples * heads * head_dim)))
   num_chunks = -(-length // chunk)
-  padding = ((0, 0), (0, num_chunks * chunk - length))
-  query = jnp.pad(query, padding + ((0, 0), (0, 0)))
-  rows = jnp.pad(rows, padding + ((0, 0),))
+  query, rows = chunking.pad_to_multiple((query, rows), chunk)
 
   def chunk_scores(args):
     chunk_query, chunk_rows = args  # [b, chunk, h, d], [b, chunk, U_part]
@@ -300,12 +298,6 @@ RANDOM_PATTERNS = ("fixed", "per_call")
 _OLD_PLAN_TOKENS = 1024
 
 
-def _num_blocks(length: int, block_size: int) -> int:
-  """Blocks of the sequence once right-padded to a multiple of block_size."""
-  checks.check_positive_int("block_size", block_size)
-  return -(-length // block_size)
-
-
 def bigbird_random_blocks(rng: jax.Array, length: int, num_heads: int, *, block_size: int = 64,
                           num_random_blocks: int = 3, first_1024_tokens: bool = False) -> jax.Array:
   """Draws BigBird's random key blocks for every middle query block and head.
@@ -332,7 +324,7 @@ def bigbird_random_blocks(rng: jax.Array, length: int, num_heads: int, *, block_
     [num_heads, max(num_blocks - 2, 0), num_random_blocks] int32 key-block
     indices, -1 for an empty slot (row m is query block m + 1).
   """
-  num_blocks = _num_blocks(length, block_size)
+  num_blocks = chunking.num_blocks(length, block_size)
   if not isinstance(num_random_blocks, int) or num_random_blocks < 0:
     raise ValueError(f"num_random_blocks must be a non-negative integer, got {num_random_blocks!r}.")
   num_middle = max(num_blocks - 2, 0)
@@ -414,11 +406,9 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
   """
   checks.check_self_attention("BigBird", query, key, value, mask)
   length = query.shape[1]
-  num_blocks = _num_blocks(length, block_size)
+  num_blocks = chunking.num_blocks(length, block_size)
   if num_blocks * block_size != length:
-    extra = num_blocks * block_size - length
-    query, key, value = (jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0))) for x in (query, key, value))
-    mask = jnp.pad(mask, ((0, 0), (0, extra)))
+    query, key, value, mask = chunking.pad_to_multiple((query, key, value, mask), block_size)
     return bigbird_attention(
         query, key, value, mask, rng=rng, block_size=block_size, num_random_blocks=num_random_blocks,
         random_blocks=random_blocks,
@@ -587,7 +577,8 @@ class BigBirdAttention(nn.Module):
     if self.random_pattern == "per_call":
       random_blocks = draw()
     else:
-      shape = (heads, max(_num_blocks(length, self.block_size) - 2, 0), self.num_random_blocks)
+      num_middle = max(chunking.num_blocks(length, self.block_size) - 2, 0)
+      shape = (heads, num_middle, self.num_random_blocks)
       if self.has_variable(registry.CONSTANTS, "random_blocks"):
         stored = tuple(self.get_variable(registry.CONSTANTS, "random_blocks").shape)
         if stored != shape:

@@ -54,6 +54,19 @@ def test_reduce_length_chunks_sums_and_maxes_real_tokens_only():
   np.testing.assert_array_equal(largest, np.max(np.where(real, x, -np.inf), axis=1))
 
 
+def test_pad_to_multiple_pads_axis_1_with_zeros_and_false():
+  x = jnp.ones((2, 5, 3))
+  mask = jnp.ones((2, 5), bool)
+  padded_x, padded_mask = chunking.pad_to_multiple((x, mask), 4)
+  assert padded_x.shape == (2, 8, 3) and padded_mask.shape == (2, 8)
+  np.testing.assert_array_equal(padded_x[:, 5:], 0)
+  assert not padded_mask[:, 5:].any() and padded_mask[:, :5].all()
+  assert chunking.pad_to_multiple((x, mask), 5) == (x, mask)
+  assert [chunking.num_blocks(n, 4) for n in (1, 4, 5, 8)] == [1, 1, 2, 2]
+  with pytest.raises(ValueError, match="same length|share one length"):
+    chunking.pad_to_multiple((x, mask[:, :4]), 4)
+
+
 @pytest.mark.parametrize("chunk_size", [0, -3, 2.5])
 def test_bad_chunk_size_is_a_clear_error(chunk_size):
   x, _ = _tokens()

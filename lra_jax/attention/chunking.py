@@ -70,8 +70,9 @@ def pad_to_multiple(tokens: Sequence[jax.Array], multiple: int) -> tuple[jax.Arr
 def _blocks(tokens: Sequence[jax.Array], chunk_size: int) -> tuple[jax.Array, ...]:
   """Each [b, n, ...] -> [num_blocks, b, chunk_size, ...], zero (False) padded."""
   blocks = num_blocks(_length(tokens), chunk_size)
-  return tuple(jnp.moveaxis(token.reshape(token.shape[0], blocks, chunk_size, *token.shape[2:]), 1, 0)
-               for token in pad_to_multiple(tokens, chunk_size))
+  return tuple(
+      jnp.moveaxis(token.reshape(token.shape[0], blocks, chunk_size, *token.shape[2:]), 1, 0)
+      for token in pad_to_multiple(tokens, chunk_size))
 
 
 def map_length_chunks(fn: Callable[..., jax.Array], tokens: Sequence[jax.Array],

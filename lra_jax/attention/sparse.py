@@ -154,7 +154,7 @@ def informer_sparsity(query: jax.Array, key: jax.Array, mask: jax.Array, sample_
   # The sampled keys of all queries, [b, n, U_part, h, d], are ~U_part times
   # the size of K (GBs at n = 16384), so queries go through in chunks.
   chunk = max(1, min(length, _GATHER_CHUNK_ELEMENTS // (batch * num_samples * heads * head_dim)))
-  num_chunks = -(-length // chunk)
+  num_chunks = chunking.num_blocks(length, chunk)
   query, rows = chunking.pad_to_multiple((query, rows), chunk)
 
   def chunk_scores(args):
